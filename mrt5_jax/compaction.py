@@ -1,0 +1,75 @@
+"""Hard deletion: choose the kept positions and gather them into a static length.
+
+All functions are pure and shape-static: the compacted length ``length`` is a
+Python int, so XLA compiles one program per length.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class Compaction:
+  """Where each compacted slot comes from.
+
+  indices: (B, Lc) int32 original position of each slot (kept ones first, in
+    order; unused slots point at position 0 and are invalid).
+  valid: (B, Lc) bool, the slot holds a kept position.
+  num_kept: (B,) int32 positions that passed the threshold (after the
+    at-least-one rule), before any capacity cut.
+  num_dropped: (B,) int32 kept positions that did not fit into Lc.
+  """
+  indices: jax.Array
+  valid: jax.Array
+  num_kept: jax.Array
+  num_dropped: jax.Array
+
+
+def keep_mask(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
+  """(B, L) bool: G > threshold on real positions, at least one kept per row.
+
+  A row where nothing passes keeps its real position with the highest G; a row
+  with no real position at all (all pad) keeps position 0.
+  """
+  real = real > 0
+  keep = jnp.logical_and(gate > threshold, real)
+  best = jnp.argmax(jnp.where(real, gate, -jnp.inf), axis=-1)
+  rescue = jax.nn.one_hot(best, gate.shape[-1], dtype=jnp.bool_)
+  empty = ~jnp.any(keep, axis=-1, keepdims=True)
+  return jnp.where(empty, rescue, keep)
+
+
+def count_kept(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
+  """(B,) int32 number of positions hard deletion keeps per row."""
+  return jnp.sum(keep_mask(gate, real, threshold), axis=-1).astype(jnp.int32)
+
+
+def compact_indices(keep: jax.Array, gate: jax.Array, length: int) -> Compaction:
+  """Pick up to ``length`` kept positions per row, preserving their order.
+
+  When a row keeps more than ``length`` positions the ones with the highest G
+  survive (ties: earlier position first) and the rest count as dropped.
+  """
+  batch, full = keep.shape
+  if not 1 <= length <= full:
+    raise ValueError(f"compacted length {length} must lie in [1, {full}]")
+  num_kept = jnp.sum(keep, axis=-1).astype(jnp.int32)
+  priority = jnp.where(keep, gate.astype(jnp.float32), -jnp.inf)
+  order = jnp.argsort(-priority, axis=-1, stable=True)
+  rank = jnp.argsort(order, axis=-1, stable=True)
+  selected = jnp.logical_and(keep, rank < length)
+  position = jnp.arange(full, dtype=jnp.int32)[None, :]
+  sort_key = jnp.where(selected, position, full + position)
+  indices = jnp.argsort(sort_key, axis=-1, stable=True)[:, :length].astype(jnp.int32)
+  valid = jnp.take_along_axis(selected, indices, axis=-1)
+  indices = jnp.where(valid, indices, 0)
+  num_dropped = num_kept - jnp.sum(valid, axis=-1).astype(jnp.int32)
+  return Compaction(indices=indices, valid=valid, num_kept=num_kept, num_dropped=num_dropped)
+
+
+def gather(values: jax.Array, indices: jax.Array) -> jax.Array:
+  """values (B, L, ...) gathered along L at indices (B, Lc) -> (B, Lc, ...)."""
+  expanded = indices.reshape(indices.shape + (1,) * (values.ndim - 2))
+  return jnp.take_along_axis(values, expanded, axis=1)

@@ -1,0 +1,216 @@
+"""T5.1.1 building blocks with t5x parameter names and logical axis names.
+
+Dense kernels are stored 2-D, (in_features, out_features), as t5x's
+``examples/t5/layers.py`` stores them, so t5x checkpoints restore unchanged.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrt5_jax import attention as attn_lib
+
+param_with_axes = nn_partitioning.param_with_axes
+variable_with_axes = nn_partitioning.variable_with_axes
+with_sharding_constraint = nn_partitioning.with_sharding_constraint
+
+Initializer = Callable[..., jax.Array]
+
+attention_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "normal")
+mlp_kernel_init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal")
+embedding_init = nn.initializers.normal(stddev=1.0)
+relpos_init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: scale only, no mean subtraction; statistics in float32."""
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    variance = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    y = (x32 * jax.lax.rsqrt(variance + self.epsilon)).astype(self.dtype)
+    scale = param_with_axes("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32,
+                            axes=("embed",))
+    return y * scale.astype(self.dtype)
+
+
+class Dense(nn.Module):
+  """y = x @ kernel (+ bias), kernel stored (in, out) with logical axes."""
+  features: int
+  kernel_axes: Sequence[Optional[str]]
+  kernel_init: Initializer = mlp_kernel_init
+  use_bias: bool = False
+  bias_init: Initializer = nn.initializers.zeros
+  bias_axes: Sequence[Optional[str]] = ()
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    kernel = param_with_axes("kernel", self.kernel_init, (x.shape[-1], self.features),
+                             jnp.float32, axes=tuple(self.kernel_axes))
+    y = jnp.dot(x.astype(self.dtype), kernel.astype(self.dtype))
+    if self.use_bias:
+      bias = param_with_axes("bias", self.bias_init, (self.features,), jnp.float32,
+                             axes=tuple(self.bias_axes))
+      y = y + bias.astype(self.dtype)
+    return y
+
+
+class Embed(nn.Module):
+  """Token embedding, shared by encoder and decoder inputs."""
+  num_embeddings: int
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    embedding = param_with_axes("embedding", embedding_init,
+                                (self.num_embeddings, self.features), jnp.float32,
+                                axes=("vocab", "embed"))
+    return jnp.take(embedding, tokens, axis=0).astype(self.dtype)
+
+
+class MlpBlock(nn.Module):
+  """Gated GELU feed-forward: wo(gelu(wi_0 x) * wi_1 x)."""
+  d_ff: int
+  dropout_rate: float = 0.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool = True) -> jax.Array:
+    dense = functools.partial(Dense, kernel_init=mlp_kernel_init, dtype=self.dtype)
+    gate = nn.gelu(dense(self.d_ff, ("embed", "mlp"), name="wi_0")(x), approximate=True)
+    linear = dense(self.d_ff, ("embed", "mlp"), name="wi_1")(x)
+    h = gate * linear
+    h = nn.Dropout(rate=self.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    h = with_sharding_constraint(h, ("batch", "length", "mlp"))
+    return dense(x.shape[-1], ("mlp", "embed"), name="wo")(h)
+
+
+@functools.lru_cache(maxsize=None)
+def _log_bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
+  """Bucket of each distance 0..max_distance (one direction), in float32 as T5 computes it."""
+  max_exact = num_buckets // 2
+  n = np.arange(max_distance + 1, dtype=np.int64)
+  with np.errstate(divide="ignore"):
+    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
+              / np.float32(math.log(max_distance / max_exact))
+              * np.float32(num_buckets - max_exact))
+  large = max_exact + np.where(n >= max_exact, scaled, 0).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return np.where(n < max_exact, n, large).astype(np.int32)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
+                             num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
+  """T5's bucketing of ``key_position - query_position`` (int array of any shape)."""
+  buckets = jnp.zeros_like(relative_position)
+  if bidirectional:
+    num_buckets //= 2
+    buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
+    distance = jnp.abs(relative_position)
+  else:
+    distance = -jnp.minimum(relative_position, 0)
+  table = jnp.asarray(_log_bucket_table(num_buckets, max_distance))
+  return buckets + table[jnp.minimum(distance, max_distance)]
+
+
+class RelativePositionBiases(nn.Module):
+  """Learned per-head bias from bucketed relative positions, one table per stack.
+
+  Positions are given explicitly, so hard deletion can pass the original
+  positions of the kept bytes. Returns (B or 1, H, Q, K).
+  """
+  num_heads: int
+  num_buckets: int = 32
+  max_distance: int = 128
+  bidirectional: bool = True
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
+    """query_positions (B|1, Q), key_positions (B|1, K) int32."""
+    table = param_with_axes("rel_embedding", relpos_init, (self.num_heads, self.num_buckets),
+                            jnp.float32, axes=("heads", "relpos_buckets"))
+    relative = key_positions[:, None, :] - query_positions[:, :, None]
+    bucket = relative_position_bucket(relative.astype(jnp.int32), self.bidirectional,
+                                      self.num_buckets, self.max_distance)
+    values = jnp.take(table.T, bucket, axis=0)
+    return jnp.transpose(values, (0, 3, 1, 2)).astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 multi-head attention with t5x names (query/key/value/out) and a KV cache.
+
+  ``bias`` (B|1, H|1, Q, K) carries masks, relative positions and delete-gate
+  values. With ``decode=True`` and an initialised cache, ``inputs_q`` is one
+  step (B, 1, E) and keys/values are appended to the cache; ``bias`` then must
+  already cover the full cache length.
+  """
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  use_softmax1: bool = False
+  float32_logits: bool = True
+  collect_score_penalty: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
+               bias: Optional[jax.Array] = None, *, penalty_valid: Optional[jax.Array] = None,
+               decode: bool = False, deterministic: bool = True) -> jax.Array:
+    inner = self.num_heads * self.head_dim
+    depth_scaling = math.sqrt(self.head_dim)
+
+    def query_init(*args):
+      return attention_kernel_init(*args) / depth_scaling
+
+    projection = functools.partial(Dense, inner, ("embed", "joined_kv"), dtype=self.dtype)
+    batch = inputs_q.shape[0]
+    split = lambda x: x.reshape(batch, x.shape[1], self.num_heads, self.head_dim)
+    query = split(projection(kernel_init=query_init, name="query")(inputs_q))
+    key = split(projection(kernel_init=attention_kernel_init, name="key")(inputs_kv))
+    value = split(projection(kernel_init=attention_kernel_init, name="value")(inputs_kv))
+    query = with_sharding_constraint(query, ("batch", "length", "heads", "kv"))
+    key = with_sharding_constraint(key, ("batch", "length", "heads", "kv"))
+    value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
+
+    if decode:
+      initialised = self.has_variable("cache", "cached_key")
+      cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
+      cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
+      cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+      if initialised:
+        if query.shape[1] != 1:
+          raise ValueError(f"cached decoding takes one position per step, got {query.shape[1]}")
+        index = cache_index.value
+        key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
+        value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = index + 1
+        if bias is not None and bias.shape[-2] != 1:
+          bias = jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+
+    dropout_rng = None
+    if not deterministic and self.dropout_rate > 0.0:
+      dropout_rng = self.make_rng("dropout")
+    out, logits = attn_lib.dot_product_attention(
+        query, key, value, bias, use_softmax1=self.use_softmax1,
+        float32_logits=self.float32_logits, dropout_rng=dropout_rng,
+        dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
+        return_logits=True)
+    if self.collect_score_penalty:
+      self.sow("intermediates", "score_penalty", attn_lib.score_penalty(logits, penalty_valid))
+    out = out.reshape(batch, out.shape[1], inner)
+    return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init=attention_kernel_init,
+                 dtype=self.dtype, name="out")(out)

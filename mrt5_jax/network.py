@@ -1,0 +1,333 @@
+"""The MrT5 network: a ByT5 (T5.1.1) encoder-decoder with a delete gate.
+
+Parameter names follow t5x's ``examples/t5/network.py`` (plus
+``encoder/delete_gate``), so t5x ByT5 checkpoints restore unchanged. Methods
+keep t5x's signatures; the MrT5 extras are keyword-only.
+
+Shapes: B batch, L encoder input length, Lc compacted encoder length (L with
+soft deletion), T decoder length, E d_model, V vocab.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from mrt5_jax import attention as attn_lib
+from mrt5_jax import compaction
+from mrt5_jax import layers
+from mrt5_jax.config import MrT5Config, capacity_length
+from mrt5_jax.gate import DeleteGate
+
+DELETION_MODES = ("soft", "hard")
+
+
+@flax.struct.dataclass
+class EncoderOutput:
+  """What the encoder hands the decoder, the loss and the metrics.
+
+  encoded: (B, Lc, E) final encoder states.
+  mask: (B, Lc) int32, 1 where the decoder may attend.
+  key_bias: (B, Lc) float32 added to cross-attention logits (soft: G; hard: 0).
+  segment_ids: (B, Lc) int32 packed segment of each slot, or None.
+  gate: (B, L) float32 gate values at full length (pad = k), or None (no gate).
+  gate_logits: (B, L) float32 pre-sigmoid gate scores, or None.
+  kept_positions: (B, Lc) int32 original position of each slot.
+  num_dropped: (B,) int32 positions over capacity (hard deletion only).
+  """
+  encoded: jax.Array
+  mask: jax.Array
+  key_bias: jax.Array
+  segment_ids: Optional[jax.Array]
+  gate: Optional[jax.Array]
+  gate_logits: Optional[jax.Array]
+  kept_positions: jax.Array
+  num_dropped: jax.Array
+
+  @property
+  def compacted_length(self) -> int:
+    return self.encoded.shape[1]
+
+
+def _dtype(config: MrT5Config):
+  return jnp.dtype(config.dtype)
+
+
+def _self_attention_bias(relpos: jax.Array, valid: jax.Array,
+                         segment_ids: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Relative position bias plus padding/segment masking -> (bias, allowed (B,1,L,L))."""
+  allowed = attn_lib.make_attention_mask(valid, valid)
+  if segment_ids is not None:
+    allowed = jnp.logical_and(allowed, attn_lib.make_segment_mask(segment_ids, segment_ids))
+  return relpos + attn_lib.mask_to_bias(allowed, relpos.dtype), allowed
+
+
+class EncoderLayer(nn.Module):
+  config: MrT5Config
+  collect_score_penalty: bool = False
+
+  @nn.compact
+  def __call__(self, x, bias, allowed, deterministic: bool = True):
+    cfg = self.config
+    dtype = _dtype(cfg)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
+    h = layers.MultiHeadAttention(
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.use_softmax1,
+        cfg.float32_attention_logits, self.collect_score_penalty, dtype,
+        name="attention")(h, h, bias, penalty_valid=allowed, deterministic=deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
+    h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
+    x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
+    return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
+
+
+class Encoder(nn.Module):
+  """Layers before the gate at full length, the gate, then the rest (soft or compacted)."""
+  config: MrT5Config
+
+  def setup(self):
+    cfg = self.config
+    self.relpos_bias = layers.RelativePositionBiases(
+        cfg.num_heads, cfg.relative_attention_num_buckets,
+        cfg.relative_attention_max_distance, bidirectional=True, dtype=jnp.float32)
+    first_gated = cfg.delete_gate_layer if cfg.has_gate else cfg.num_encoder_layers
+    self.layers = [EncoderLayer(cfg, collect_score_penalty=cfg.has_gate and i >= first_gated)
+                   for i in range(cfg.num_encoder_layers)]
+    if cfg.has_gate:
+      self.delete_gate = DeleteGate(cfg)
+    self.encoder_norm = layers.RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg))
+    self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
+
+  @property
+  def gate_layer(self) -> int:
+    cfg = self.config
+    return cfg.delete_gate_layer if cfg.has_gate else cfg.num_encoder_layers
+
+  def _full_length_bias(self, tokens, segment_ids):
+    length = tokens.shape[1]
+    positions = jnp.arange(length, dtype=jnp.int32)[None, :]
+    return _self_attention_bias(self.relpos_bias(positions, positions), tokens > 0, segment_ids)
+
+  def stage_one(self, embedded, tokens, segment_ids=None, deterministic: bool = True):
+    """Embedded inputs (B, L, E) -> (hidden entering the gate layer, G, gate logits)."""
+    x = self.dropout(embedded, deterministic=deterministic)
+    bias, allowed = self._full_length_bias(tokens, segment_ids)
+    for layer in self.layers[:self.gate_layer]:
+      x = layer(x, bias, allowed, deterministic)
+    if not self.config.has_gate:
+      return x, None, None
+    gate, gate_logits = self.delete_gate(x, tokens > 0, tokens)
+    return x, gate, gate_logits
+
+  def stage_two(self, hidden, gate, gate_logits, tokens, segment_ids=None, *,
+                deletion: str = "soft", compacted_length: Optional[int] = None,
+                deterministic: bool = True) -> EncoderOutput:
+    """Remaining layers, with G as key bias (soft) or on compacted positions (hard)."""
+    cfg = self.config
+    batch, length = tokens.shape
+    real = tokens > 0
+    if deletion not in DELETION_MODES:
+      raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")
+    if gate is None or deletion == "soft":
+      bias, allowed = self._full_length_bias(tokens, segment_ids)
+      key_bias = jnp.zeros((batch, length), jnp.float32) if gate is None else gate
+      bias = bias + key_bias[:, None, None, :].astype(bias.dtype)
+      x = hidden
+      for layer in self.layers[self.gate_layer:]:
+        x = layer(x, bias, allowed, deterministic)
+      kept_positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+      mask, num_dropped = real.astype(jnp.int32), jnp.zeros((batch,), jnp.int32)
+      compacted_segments = segment_ids
+    else:
+      if compacted_length is None:
+        compacted_length = capacity_length(cfg, length)
+      keep = compaction.keep_mask(gate, real, cfg.deletion_threshold)
+      chosen = compaction.compact_indices(keep, gate, compacted_length)
+      x = compaction.gather(hidden, chosen.indices)
+      compacted_segments = None
+      if segment_ids is not None:
+        compacted_segments = jnp.where(chosen.valid, compaction.gather(segment_ids, chosen.indices), 0)
+      relpos = self.relpos_bias(chosen.indices, chosen.indices)
+      bias, allowed = _self_attention_bias(relpos, chosen.valid, compacted_segments)
+      for layer in self.layers[self.gate_layer:]:
+        x = layer(x, bias, allowed, deterministic)
+      key_bias = jnp.zeros(chosen.valid.shape, jnp.float32)
+      kept_positions, mask = chosen.indices, chosen.valid.astype(jnp.int32)
+      num_dropped = chosen.num_dropped
+    x = self.dropout(self.encoder_norm(x), deterministic=deterministic)
+    return EncoderOutput(encoded=x, mask=mask, key_bias=key_bias, segment_ids=compacted_segments,
+                         gate=gate, gate_logits=gate_logits, kept_positions=kept_positions,
+                         num_dropped=num_dropped)
+
+  def __call__(self, embedded, tokens, segment_ids=None, *, deletion: str = "soft",
+               compacted_length: Optional[int] = None, deterministic: bool = True):
+    hidden, gate, gate_logits = self.stage_one(embedded, tokens, segment_ids, deterministic)
+    return self.stage_two(hidden, gate, gate_logits, tokens, segment_ids, deletion=deletion,
+                          compacted_length=compacted_length, deterministic=deterministic)
+
+
+class DecoderLayer(nn.Module):
+  config: MrT5Config
+
+  @nn.compact
+  def __call__(self, y, encoded, self_bias, cross_bias, cross_allowed,
+               deterministic: bool = True, decode: bool = False):
+    cfg = self.config
+    dtype = _dtype(cfg)
+    attention = lambda name, penalty: layers.MultiHeadAttention(
+        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.use_softmax1,
+        cfg.float32_attention_logits, penalty, dtype, name=name)
+    drop = lambda h: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
+        h, deterministic=deterministic)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
+    h = attention("self_attention", False)(h, h, self_bias, decode=decode,
+                                            deterministic=deterministic)
+    y = y + drop(h)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
+    h = attention("encoder_decoder_attention", cfg.has_gate)(
+        h, encoded, cross_bias, penalty_valid=cross_allowed, deterministic=deterministic)
+    y = y + drop(h)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
+    h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
+    y = y + drop(h)
+    return layers.with_sharding_constraint(y, ("batch", "length", "embed"))
+
+
+class Decoder(nn.Module):
+  config: MrT5Config
+
+  @nn.compact
+  def __call__(self, embedded, encoded, self_mask, cross_bias, cross_allowed, *,
+               deterministic: bool = True, decode: bool = False):
+    """embedded (B, T, E); self_mask (B|1, 1, T', T') bool where T' is the cache
+    length when decoding. Returns float32 logits (B, T, V)."""
+    cfg = self.config
+    dtype = _dtype(cfg)
+    length = self_mask.shape[-1]
+    positions = jnp.arange(length, dtype=jnp.int32)[None, :]
+    relpos = layers.RelativePositionBiases(
+        cfg.num_heads, cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance,
+        bidirectional=False, dtype=jnp.float32, name="relpos_bias")(positions, positions)
+    self_bias = relpos + attn_lib.mask_to_bias(self_mask, relpos.dtype)
+    y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
+    for i in range(cfg.num_decoder_layers):
+      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, cross_allowed,
+                                                deterministic, decode)
+    y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
+    y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
+    logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
+                          name="logits_dense")(y)
+    return layers.with_sharding_constraint(logits, ("batch", "length", "vocab"))
+
+
+class Transformer(nn.Module):
+  """MrT5 / ByT5 encoder-decoder with t5x's ``__call__``/``encode``/``decode``."""
+  config: MrT5Config
+
+  def setup(self):
+    cfg = self.config
+    self.token_embedder = layers.Embed(cfg.vocab_size, cfg.d_model, _dtype(cfg))
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg)
+
+  def encode_stage_one(self, encoder_input_tokens, encoder_segment_ids=None,
+                       enable_dropout: bool = True):
+    """Embedding, the layers before the gate, and the gate: (hidden, G, gate logits)."""
+    self._check_tokens(encoder_input_tokens, "encoder_input_tokens")
+    embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
+    return self.encoder.stage_one(embedded, encoder_input_tokens, encoder_segment_ids,
+                                  not enable_dropout)
+
+  def encode_stage_two(self, hidden, gate, gate_logits, encoder_input_tokens,
+                       encoder_segment_ids=None, enable_dropout: bool = True, *,
+                       deletion: str = "soft",
+                       compacted_length: Optional[int] = None) -> EncoderOutput:
+    """The layers from the gate on, soft or on ``compacted_length`` kept positions."""
+    return self.encoder.stage_two(hidden, gate, gate_logits, encoder_input_tokens,
+                                  encoder_segment_ids, deletion=deletion,
+                                  compacted_length=compacted_length,
+                                  deterministic=not enable_dropout)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
+             enable_dropout: bool = True, *, deletion: str = "soft",
+             compacted_length: Optional[int] = None, return_aux: bool = False):
+    """Encoded (B, Lc, E), or the whole ``EncoderOutput`` with ``return_aux``.
+
+    ``encoder_positions`` is accepted for t5x compatibility; relative
+    positions come from indices, which within a packed segment differ exactly
+    as the segment positions do.
+    """
+    del encoder_positions
+    hidden, gate, gate_logits = self.encode_stage_one(encoder_input_tokens, encoder_segment_ids,
+                                                      enable_dropout)
+    out = self.encode_stage_two(hidden, gate, gate_logits, encoder_input_tokens,
+                                encoder_segment_ids, enable_dropout, deletion=deletion,
+                                compacted_length=compacted_length)
+    return out if return_aux else out.encoded
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: Optional[int] = None, *,
+             encoder_key_bias: Optional[jax.Array] = None):
+    """Decoder logits (B, T, V) float32.
+
+    The cross-attention mask is ``encoder_input_tokens > 0`` as in t5x; after
+    hard deletion pass ``EncoderOutput.mask`` in its place (and
+    ``EncoderOutput.segment_ids`` for packed inputs). ``encoder_key_bias``
+    (B, Lc) is added to cross-attention logits: ``EncoderOutput.key_bias``.
+    """
+    del decoder_positions
+    cfg = self.config
+    self._check_tokens(decoder_input_tokens, "decoder_input_tokens")
+    if decode:
+      length = max_decode_length or decoder_input_tokens.shape[1]
+      self_mask = attn_lib.make_causal_mask(length)
+      query_valid = jnp.ones(decoder_input_tokens.shape, jnp.bool_)
+    else:
+      target_valid = decoder_target_tokens > 0
+      self_mask = jnp.logical_and(attn_lib.make_causal_mask(decoder_target_tokens.shape[1]),
+                                  attn_lib.make_attention_mask(target_valid, target_valid))
+      if decoder_segment_ids is not None:
+        self_mask = jnp.logical_and(
+            self_mask, attn_lib.make_segment_mask(decoder_segment_ids, decoder_segment_ids))
+      query_valid = target_valid
+    cross_allowed = attn_lib.make_attention_mask(query_valid, encoder_input_tokens > 0)
+    if encoder_segment_ids is not None and decoder_segment_ids is not None and not decode:
+      cross_allowed = jnp.logical_and(
+          cross_allowed, attn_lib.make_segment_mask(decoder_segment_ids, encoder_segment_ids))
+    cross_bias = attn_lib.mask_to_bias(cross_allowed)
+    if encoder_key_bias is not None:
+      cross_bias = cross_bias + encoder_key_bias[:, None, None, :].astype(cross_bias.dtype)
+    embedded = self.token_embedder(decoder_input_tokens.astype(jnp.int32))
+    return self.decoder(embedded, encoded, self_mask, cross_bias, cross_allowed,
+                        deterministic=not enable_dropout, decode=decode)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+               encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
+               decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
+               deletion: str = "soft", compacted_length: Optional[int] = None,
+               return_aux: bool = False):
+    """Logits (B, T, V), or (logits, EncoderOutput) with ``return_aux``.
+
+    ``deletion='hard'`` compacts to ``compacted_length`` (default: the
+    config's capacity length), all inside one traced program.
+    """
+    out = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
+                      enable_dropout, deletion=deletion, compacted_length=compacted_length,
+                      return_aux=True)
+    logits = self.decode(out.encoded, out.mask, decoder_input_tokens, decoder_target_tokens,
+                         out.segment_ids, decoder_segment_ids, decoder_positions,
+                         enable_dropout, decode, encoder_key_bias=out.key_bias)
+    return (logits, out) if return_aux else logits
+
+  @staticmethod
+  def _check_tokens(tokens, name):
+    if tokens.ndim != 2:
+      raise ValueError(f"{name} must be (batch, length), got shape {tokens.shape}")
+    if tokens.shape[0] == 0 or tokens.shape[1] == 0:
+      raise ValueError(f"{name} is empty: shape {tokens.shape}")
