@@ -1,0 +1,96 @@
+"""The deletion-rate controller that steers the gate regularizer weight alpha.
+
+The error is ``e = target - measured`` (the sign of the published MrT5 code and
+of the paper's ``δ̂ - δ`` with δ̂ the target): too little deletion raises alpha.
+
+  P:   alpha <- max(0, alpha + k_p * e)
+  PI:  p <- 0.9 p + 0.1 k_p e;  i <- i + k_i e;  alpha <- max(0, p + i)
+
+The state is a dict of scalar arrays, kept by the trainer as the flax mutable
+collection ``'controller'`` (t5x: ``flax_mutables``) and checkpointed with it.
+``step`` counts training steps seen; updates happen when
+``step >= regularizer_delay`` and ``step % controller_step == 0``; before the
+delay the loss sees alpha = 0.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Mapping
+
+import gin
+import jax
+import jax.numpy as jnp
+
+COLLECTION = "controller"
+KINDS = ("p", "pi", "constant")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ControllerConfig:
+  """kind: 'p', 'pi', or 'constant' (alpha stays at initial_alpha).
+
+  Defaults follow the published MrT5 training script (k_p 0.5, k_i 1e-5,
+  update every step).
+  """
+  kind: str = "p"
+  target_deletion_rate: float = 0.5
+  k_p: float = 0.5
+  k_i: float = 1e-5
+  controller_step: int = 1
+  regularizer_delay: int = 0
+  initial_alpha: float = 0.0
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f"ControllerConfig.kind must be one of {KINDS}, got {self.kind!r}")
+    if not 0.0 <= self.target_deletion_rate <= 1.0:
+      raise ValueError(
+          f"target_deletion_rate must be in [0, 1], got {self.target_deletion_rate}")
+    if self.controller_step < 1:
+      raise ValueError(f"controller_step must be >= 1, got {self.controller_step}")
+    if self.regularizer_delay < 0 or self.initial_alpha < 0:
+      raise ValueError("regularizer_delay and initial_alpha must be >= 0")
+
+
+def init_state(config: ControllerConfig) -> dict[str, jax.Array]:
+  """Fresh controller state: alpha, p, i (float32 scalars) and step (int32)."""
+  return {
+      "alpha": jnp.asarray(config.initial_alpha, jnp.float32),
+      "p": jnp.zeros((), jnp.float32),
+      "i": jnp.zeros((), jnp.float32),
+      "step": jnp.zeros((), jnp.int32),
+  }
+
+
+def is_active(state: Mapping[str, jax.Array], config: ControllerConfig) -> jax.Array:
+  """True once the regularizer delay has passed."""
+  return state["step"] >= config.regularizer_delay
+
+
+def effective_alpha(state: Mapping[str, jax.Array], config: ControllerConfig) -> jax.Array:
+  """The weight the loss applies to L_G now: alpha, or 0 during the delay."""
+  return jnp.where(is_active(state, config), state["alpha"], 0.0).astype(jnp.float32)
+
+
+def update(state: Mapping[str, jax.Array], measured_rate: jax.Array,
+           config: ControllerConfig) -> dict[str, jax.Array]:
+  """Advance one training step with the measured deletion rate (scalar in [0, 1])."""
+  error = jnp.asarray(config.target_deletion_rate - measured_rate, jnp.float32)
+  alpha, p, i = state["alpha"], state["p"], state["i"]
+  if config.kind == "p":
+    new_alpha, new_p, new_i = jnp.maximum(0.0, alpha + config.k_p * error), p, i
+  elif config.kind == "pi":
+    new_p = 0.9 * p + 0.1 * config.k_p * error
+    new_i = i + config.k_i * error
+    new_alpha = jnp.maximum(0.0, new_p + new_i)
+  else:
+    new_alpha, new_p, new_i = alpha, p, i
+  apply = jnp.logical_and(is_active(state, config),
+                          state["step"] % config.controller_step == 0)
+  return {
+      "alpha": jnp.where(apply, new_alpha, alpha).astype(jnp.float32),
+      "p": jnp.where(apply, new_p, p).astype(jnp.float32),
+      "i": jnp.where(apply, new_i, i).astype(jnp.float32),
+      "step": state["step"] + 1,
+  }

@@ -1,0 +1,351 @@
+"""The MrT5 training objective as pure functions.
+
+loss = CE (+ t5x z-loss, normalised as t5x's ``loss_normalizing_factor``)
+       + alpha * L_G                  (L_G = mean gate value over real encoder positions)
+       + score_coeff * L_scores       (optional attention-score regularizer)
+
+``compute_loss`` is the one function the project's trainer and the t5x model
+class both call. It returns the differentiable loss and a dict of *sums*
+(``MetricSums``) so that micro-batches and devices can be added up exactly;
+``finalize_metrics`` turns sums into the logged means.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Optional, Union
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from mrt5_jax import controller as controller_lib
+
+NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
+NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
+AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
+SPECIAL_NORMALIZING_FACTORS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS,
+                               AVERAGE_PER_SEQUENCE)
+SCORE_PENALTY = "score_penalty"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+  """Loss knobs (t5x names where t5x has them).
+
+  loss_normalizing_factor: one of ``SPECIAL_NORMALIZING_FACTORS``, a positive
+    constant, or None (plain sum over target tokens, as t5x).
+  score_loss_coeff: weight of the attention-score regularizer (0 = off).
+  """
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS
+  score_loss_coeff: float = 0.0
+
+  def __post_init__(self):
+    factor = self.loss_normalizing_factor
+    if isinstance(factor, str):
+      if factor not in SPECIAL_NORMALIZING_FACTORS:
+        raise ValueError(f"loss_normalizing_factor must be one of {SPECIAL_NORMALIZING_FACTORS}, "
+                         f"a positive number or None; got {factor!r}")
+    elif factor is not None and not float(factor) > 0:
+      raise ValueError(f"loss_normalizing_factor must be positive, got {factor!r}")
+    if not 0.0 <= self.label_smoothing < 1.0:
+      raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+    if self.z_loss < 0 or self.score_loss_coeff < 0:
+      raise ValueError("z_loss and score_loss_coeff must be >= 0")
+
+
+# ----------------------------------------------------------------------------- cross entropy
+
+
+def cross_entropy_with_logits(logits: jax.Array, soft_targets: jax.Array,
+                              z_loss: float) -> tuple[jax.Array, jax.Array]:
+  """t5x's CE with z-loss. logits, soft_targets (..., V) -> (loss, z_loss) each (...,).
+
+  loss includes the z-loss term ``z_loss * log(Z)^2``.
+  """
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_softmax = logits - log_z[..., None]
+  loss = -jnp.sum(soft_targets * log_softmax, axis=-1)
+  total_z_loss = z_loss * jnp.square(log_z)
+  return loss + total_z_loss, total_z_loss
+
+
+def token_cross_entropy(logits: jax.Array, targets: jax.Array, *, z_loss: float = 0.0,
+                        label_smoothing: float = 0.0) -> tuple[jax.Array, jax.Array]:
+  """Per-token CE (+ z-loss), minus the label-smoothing constant, as t5x.
+
+  logits (B, T, V) float, targets (B, T) int -> (loss (B, T), z_loss (B, T)).
+  """
+  vocab_size = logits.shape[-1]
+  logits = logits.astype(jnp.float32)
+  confidence = 1.0 - label_smoothing
+  low_confidence = label_smoothing / (vocab_size - 1)
+  normalizing_constant = -(
+      confidence * jnp.log(confidence)
+      + (vocab_size - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
+  soft_targets = jax.nn.one_hot(targets, vocab_size) * (confidence - low_confidence) + low_confidence
+  loss, z = cross_entropy_with_logits(logits, soft_targets, z_loss)
+  return loss - normalizing_constant, z
+
+
+def _per_segment_weight_sums(weights: jax.Array, segment_ids: jax.Array) -> jax.Array:
+  """For each token, the summed weight of its (row, segment). (B, T) -> (B, T)."""
+  batch, length = weights.shape
+  flat_ids = (jnp.arange(batch)[:, None] * (length + 1) + segment_ids).reshape(-1)
+  sums = jax.ops.segment_sum(weights.reshape(-1), flat_ids, num_segments=batch * (length + 1))
+  return sums[flat_ids].reshape(batch, length)
+
+
+def loss_weights_and_normalizer(batch: Mapping[str, jax.Array],
+                                loss_normalizing_factor: Union[str, float, None]
+                                ) -> tuple[jax.Array, jax.Array]:
+  """t5x's ``get_loss_normalizing_factor_and_weights``: (weights (B, T), factor scalar).
+
+  Weights default to ``decoder_target_tokens > 0``. The factor divides the
+  weighted sum of token losses (None: 1, i.e. a plain sum).
+  """
+  targets = batch["decoder_target_tokens"]
+  weights = batch.get("decoder_loss_weights")
+  if weights is None:
+    weights = targets > 0
+  weights = weights.astype(jnp.float32)
+  factor = loss_normalizing_factor
+  if factor is None:
+    return weights, jnp.float32(1.0)
+  if factor == NUM_REAL_TARGET_TOKENS:
+    return weights, jnp.sum(weights)
+  if factor == NUM_TOTAL_TARGET_TOKENS:
+    return weights, jnp.float32(targets.size)
+  if factor == AVERAGE_PER_SEQUENCE:
+    segment_ids = batch.get("decoder_segment_ids")
+    if segment_ids is None:
+      per_token = jnp.broadcast_to(jnp.sum(weights, axis=-1, keepdims=True), weights.shape)
+    else:
+      per_token = _per_segment_weight_sums(weights, segment_ids)
+    weights = jnp.where(per_token > 0, weights / jnp.maximum(per_token, 1e-9), 0.0)
+    return weights, jnp.sum(weights)
+  return weights, jnp.float32(factor)
+
+
+# ----------------------------------------------------------------------------- gate terms
+
+
+def real_encoder_mask(encoder_input_tokens: jax.Array,
+                      encoder_segment_ids: Optional[jax.Array] = None) -> jax.Array:
+  """(B, L) bool: real (non-pad) encoder positions; segment ids > 0 when packed."""
+  if encoder_segment_ids is not None:
+    return encoder_segment_ids > 0
+  return encoder_input_tokens > 0
+
+
+def gate_sums(gate: jax.Array, real: jax.Array, threshold: float) -> dict[str, jax.Array]:
+  """Additive statistics of G (B, L) over real positions.
+
+  Returns gate_sum, num_real, num_deleted, gate_min, gate_max (min/max over real
+  positions; +/-inf when there are none) and kept_max (largest kept count of a row).
+  """
+  real = real.astype(bool)
+  gate = gate.astype(jnp.float32)
+  deleted = jnp.logical_and(gate < threshold, real)
+  kept_per_row = jnp.sum(jnp.logical_and(real, ~deleted), axis=-1)
+  return {
+      "gate_sum": jnp.sum(jnp.where(real, gate, 0.0)),
+      "num_real": jnp.sum(real).astype(jnp.float32),
+      "num_deleted": jnp.sum(deleted).astype(jnp.float32),
+      "gate_min": jnp.min(jnp.where(real, gate, jnp.inf)),
+      "gate_max": jnp.max(jnp.where(real, gate, -jnp.inf)),
+      "kept_max": jnp.max(kept_per_row).astype(jnp.float32),
+  }
+
+
+def gate_regularizer(gate: jax.Array, real: jax.Array,
+                     num_real: Optional[jax.Array] = None) -> jax.Array:
+  """L_G = sum of G over real positions / num_real (default: this batch's count)."""
+  real = real.astype(bool)
+  total = jnp.sum(jnp.where(real, gate.astype(jnp.float32), 0.0))
+  if num_real is None:
+    num_real = jnp.sum(real)
+  return total / jnp.maximum(num_real, 1).astype(jnp.float32)
+
+
+def score_regularizer(intermediates: Any) -> jax.Array:
+  """Mean of every ``score_penalty`` value the attention layers sowed (0 if none)."""
+  values = []
+
+  def collect(path, leaf):
+    if any(getattr(key, "key", None) == SCORE_PENALTY for key in path):
+      values.append(jnp.asarray(leaf, jnp.float32))
+
+  jax.tree_util.tree_map_with_path(collect, intermediates)
+  if not values:
+    return jnp.float32(0.0)
+  return jnp.mean(jnp.stack([jnp.mean(v) for v in values]))
+
+
+# ----------------------------------------------------------------------------- the loss
+
+
+def batch_normalizers(batch: Mapping[str, jax.Array], objective: ObjectiveConfig
+                      ) -> dict[str, jax.Array]:
+  """The two denominators of the loss for a whole (global) batch.
+
+  Pass them to ``compute_loss`` for every micro-batch of that batch and the
+  micro-batch losses add up exactly to the full-batch loss.
+  """
+  _, ce_factor = loss_weights_and_normalizer(batch, objective.loss_normalizing_factor)
+  real = real_encoder_mask(batch["encoder_input_tokens"], batch.get("encoder_segment_ids"))
+  return {"ce": ce_factor, "num_real": jnp.sum(real).astype(jnp.float32)}
+
+
+def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
+                 batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
+                 objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
+                 enable_dropout: bool = True, deletion: str = "soft",
+                 normalizers: Optional[Mapping[str, jax.Array]] = None,
+                 num_microbatches: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
+
+  Args:
+    module: a ``mrt5_jax.network.Transformer``.
+    params: its 'params' collection.
+    controller_state: the 'controller' collection (see ``controller.init_state``);
+      alpha is read from it (0 before the regularizer delay), never changed here.
+    batch: feature-converted arrays (encoder_input_tokens, decoder_input_tokens,
+      decoder_target_tokens, optional *_segment_ids, *_positions, decoder_loss_weights).
+    rngs: {'dropout': key, 'deletion': key} (None when nothing is random).
+    normalizers: from ``batch_normalizers`` of the whole batch (default: this batch).
+    num_microbatches: divides the (mean-valued) score regularizer so micro-batches sum.
+
+  Returns:
+    (loss scalar, metric sums: see ``finalize_metrics``).
+  """
+  if normalizers is None:
+    normalizers = batch_normalizers(batch, objective)
+  want_scores = objective.score_loss_coeff > 0
+  outputs = module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      encoder_segment_ids=batch.get("encoder_segment_ids"),
+      decoder_segment_ids=batch.get("decoder_segment_ids"),
+      encoder_positions=batch.get("encoder_positions"),
+      decoder_positions=batch.get("decoder_positions"),
+      enable_dropout=enable_dropout, deletion=deletion, return_aux=True,
+      rngs=rngs or {}, mutable=["intermediates"] if want_scores else False)
+  if want_scores:
+    (logits, aux), state = outputs
+    score_penalty = score_regularizer(state.get("intermediates", {}))
+  else:
+    logits, aux = outputs
+    score_penalty = jnp.float32(0.0)
+
+  weights, _ = loss_weights_and_normalizer(batch, objective.loss_normalizing_factor)
+  token_loss, token_z = token_cross_entropy(
+      logits, batch["decoder_target_tokens"], z_loss=objective.z_loss,
+      label_smoothing=objective.label_smoothing)
+  loss_sum = jnp.sum(token_loss * weights)
+  z_sum = jnp.sum(token_z * weights)
+  ce_loss = loss_sum / normalizers["ce"]
+
+  real = real_encoder_mask(batch["encoder_input_tokens"], batch.get("encoder_segment_ids"))
+  alpha = controller_lib.effective_alpha(controller_state, controller)
+  if aux.gate is not None:
+    threshold = module.config.deletion_threshold
+    sums = gate_sums(aux.gate, real, threshold)
+    gate_loss = sums["gate_sum"] / jnp.maximum(normalizers["num_real"], 1.0)
+  else:
+    sums = gate_sums(jnp.zeros(real.shape, jnp.float32), real, 0.0)
+    gate_loss = jnp.float32(0.0)
+  loss = ce_loss + alpha * gate_loss + objective.score_loss_coeff * score_penalty / num_microbatches
+
+  targets = batch["decoder_target_tokens"]
+  correct = (jnp.argmax(logits, axis=-1) == targets) & (targets > 0)
+  metric_sums = {
+      "loss": loss,
+      "ce_loss": ce_loss - z_sum / normalizers["ce"],
+      "z_loss": z_sum / normalizers["ce"],
+      "gate_loss": gate_loss,
+      "score_penalty": score_penalty / num_microbatches,
+      "cross_entropy_sum": loss_sum - z_sum,
+      "num_target_tokens": jnp.sum(targets > 0).astype(jnp.float32),
+      "num_correct": jnp.sum(correct).astype(jnp.float32),
+      "num_sequences": jnp.sum(jnp.any(real, axis=-1)).astype(jnp.float32),
+      "num_dropped": jnp.sum(aux.num_dropped).astype(jnp.float32)
+                     if aux.num_dropped is not None else jnp.float32(0.0),
+      "compacted_length": jnp.float32(aux.compacted_length),
+      **sums,
+  }
+  return loss, metric_sums
+
+
+ADDITIVE = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty", "cross_entropy_sum",
+            "num_target_tokens", "num_correct", "num_sequences", "num_dropped", "gate_sum",
+            "num_real", "num_deleted")
+
+
+def merge_metric_sums(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> dict:
+  """Combine the metric sums of two micro-batches (sums add, extremes combine)."""
+  merged = {key: a[key] + b[key] for key in ADDITIVE}
+  merged["gate_min"] = jnp.minimum(a["gate_min"], b["gate_min"])
+  merged["gate_max"] = jnp.maximum(a["gate_max"], b["gate_max"])
+  merged["kept_max"] = jnp.maximum(a["kept_max"], b["kept_max"])
+  merged["compacted_length"] = jnp.maximum(a["compacted_length"], b["compacted_length"])
+  return merged
+
+
+def deletion_rate(metric_sums: Mapping[str, jax.Array]) -> jax.Array:
+  """Share of real encoder positions whose G lies below the threshold."""
+  return metric_sums["num_deleted"] / jnp.maximum(metric_sums["num_real"], 1.0)
+
+
+def finalize_metrics(metric_sums: Mapping[str, jax.Array],
+                     controller_state: Optional[Mapping[str, jax.Array]] = None,
+                     controller: Optional[controller_lib.ControllerConfig] = None
+                     ) -> dict[str, jax.Array]:
+  """Logged values: loss terms, per-token CE, accuracy, deletion rate, gate
+  mean/min/max, kept lengths, alpha (the value the loss used)."""
+  num_real = jnp.maximum(metric_sums["num_real"], 1.0)
+  num_seq = jnp.maximum(metric_sums["num_sequences"], 1.0)
+  metrics = {
+      "loss": metric_sums["loss"],
+      "ce_loss": metric_sums["ce_loss"],
+      "z_loss": metric_sums["z_loss"],
+      "gate_loss": metric_sums["gate_loss"],
+      "score_penalty": metric_sums["score_penalty"],
+      "cross_entropy_per_token": metric_sums["cross_entropy_sum"]
+                                 / jnp.maximum(metric_sums["num_target_tokens"], 1.0),
+      "accuracy": metric_sums["num_correct"] / jnp.maximum(metric_sums["num_target_tokens"], 1.0),
+      "deletion_rate": deletion_rate(metric_sums),
+      "gate_mean": metric_sums["gate_sum"] / num_real,
+      "gate_min": metric_sums["gate_min"],
+      "gate_max": metric_sums["gate_max"],
+      "real_length": metric_sums["num_real"] / num_seq,
+      "kept_length": (metric_sums["num_real"] - metric_sums["num_deleted"]) / num_seq,
+      "kept_length_max": metric_sums["kept_max"],
+      "compacted_length": metric_sums["compacted_length"],
+      "num_dropped": metric_sums["num_dropped"],
+  }
+  if controller_state is not None and controller is not None:
+    metrics["alpha"] = controller_lib.effective_alpha(controller_state, controller)
+  return metrics
+
+
+def loss_fn(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
+            batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
+            objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
+            enable_dropout: bool = True
+            ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
+  """One-call form for a trainer without micro-batching (t5x's ``loss_fn`` shape).
+
+  Returns (loss, (finalized metrics, new controller state)): the controller is
+  stepped with this batch's deletion rate (gradients do not flow into it).
+  """
+  loss, sums = compute_loss(module, params, controller_state, batch, rngs,
+                            objective=objective, controller=controller,
+                            enable_dropout=enable_dropout)
+  metrics = finalize_metrics(sums, controller_state, controller)
+  new_state = controller_lib.update(controller_state,
+                                    jax.lax.stop_gradient(metrics["deletion_rate"]), controller)
+  return loss, (metrics, new_state)
