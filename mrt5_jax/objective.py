@@ -196,7 +196,9 @@ def batch_normalizers(batch: Mapping[str, jax.Array], objective: ObjectiveConfig
   """
   _, ce_factor = loss_weights_and_normalizer(batch, objective.loss_normalizing_factor)
   real = real_encoder_mask(batch["encoder_input_tokens"], batch.get("encoder_segment_ids"))
-  return {"ce": ce_factor, "num_real": jnp.sum(real).astype(jnp.float32)}
+  ce_factor = jnp.asarray(ce_factor, jnp.float32)
+  return {"ce": jnp.where(ce_factor > 0, ce_factor, 1.0),  # an all-pad batch gives loss 0
+          "num_real": jnp.sum(real).astype(jnp.float32)}
 
 
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
