@@ -5,6 +5,8 @@ Python int, so XLA compiles one program per length.
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -27,23 +29,38 @@ class Compaction:
   num_dropped: jax.Array
 
 
-def keep_mask(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
-  """(B, L) bool: G > threshold on real positions, at least one kept per row.
+def keep_mask(gate: jax.Array, real: jax.Array, threshold: float,
+              segment_ids: Optional[jax.Array] = None) -> jax.Array:
+  """(B, L) bool: G > threshold on real positions, at least one kept per sequence.
 
-  A row where nothing passes keeps its real position with the highest G; a row
-  with no real position at all (all pad) keeps position 0.
+  A sequence (a row, or a packed segment when ``segment_ids`` is given) where
+  nothing passes keeps its real position with the highest G (the first on
+  ties); a row with no real position at all keeps position 0.
   """
+  batch, length = gate.shape
   real = real > 0
   keep = jnp.logical_and(gate > threshold, real)
-  best = jnp.argmax(jnp.where(real, gate, -jnp.inf), axis=-1)
-  rescue = jax.nn.one_hot(best, gate.shape[-1], dtype=jnp.bool_)
-  empty = ~jnp.any(keep, axis=-1, keepdims=True)
-  return jnp.where(empty, rescue, keep)
+  segments = real.astype(jnp.int32) if segment_ids is None else jnp.where(real, segment_ids, 0)
+  flat_ids = (segments + jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1)).reshape(-1)
+  num = batch * (length + 1)
+  masked_gate = jnp.where(real, gate, -jnp.inf).reshape(-1)
+  best = jax.ops.segment_max(masked_gate, flat_ids, num_segments=num)
+  has_kept = jax.ops.segment_max(keep.reshape(-1).astype(jnp.int32), flat_ids, num_segments=num)
+  position = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)).reshape(-1)
+  is_best = jnp.logical_and(real.reshape(-1), masked_gate == best[flat_ids])
+  first_best = jax.ops.segment_min(jnp.where(is_best, position, length), flat_ids,
+                                   num_segments=num)
+  rescue = jnp.logical_and(position == first_best[flat_ids], has_kept[flat_ids] == 0)
+  rescue = jnp.logical_and(rescue, real.reshape(-1)).reshape(batch, length)
+  no_real = ~jnp.any(real, axis=-1, keepdims=True)
+  first_position = jnp.arange(length)[None, :] == 0
+  return keep | rescue | (no_real & first_position)
 
 
-def count_kept(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
+def count_kept(gate: jax.Array, real: jax.Array, threshold: float,
+               segment_ids: Optional[jax.Array] = None) -> jax.Array:
   """(B,) int32 number of positions hard deletion keeps per row."""
-  return jnp.sum(keep_mask(gate, real, threshold), axis=-1).astype(jnp.int32)
+  return jnp.sum(keep_mask(gate, real, threshold, segment_ids), axis=-1).astype(jnp.int32)
 
 
 def compact_indices(keep: jax.Array, gate: jax.Array, length: int) -> Compaction:

@@ -145,7 +145,7 @@ class Encoder(nn.Module):
     else:
       if compacted_length is None:
         compacted_length = capacity_length(cfg, length)
-      keep = compaction.keep_mask(gate, real, cfg.deletion_threshold)
+      keep = compaction.keep_mask(gate, real, cfg.deletion_threshold, segment_ids)
       chosen = compaction.compact_indices(keep, gate, compacted_length)
       x = compaction.gather(hidden, chosen.indices)
       compacted_segments = None

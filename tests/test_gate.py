@@ -1,0 +1,77 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrt5_jax import gate as gate_lib
+from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS
+from tests.network_testing import tiny_config
+
+
+def test_gate_value_matches_published_formula():
+  cfg = tiny_config(sigmoid_mask_scale=-30.0)
+  rng = np.random.RandomState(0)
+  hidden = rng.randn(2, 5, cfg.d_model).astype(np.float32)
+  real = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+  module = gate_lib.DeleteGate(cfg)
+  variables = module.init(jax.random.PRNGKey(0), hidden, real)
+  params = variables["params"]
+  scale = rng.rand(cfg.d_model).astype(np.float32) + 0.5
+  kernel = rng.randn(cfg.d_model, 1).astype(np.float32) * 0.3
+  bias = np.array([0.7], np.float32)
+  params = {"layer_norm": {"scale": scale}, "dense": {"kernel": kernel, "bias": bias}}
+  gate, _ = module.apply({"params": params}, hidden, real)
+  normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6) * scale
+  expected = -30.0 / (1.0 + np.exp(normed @ kernel[:, 0] + bias[0]))
+  expected = np.where(real > 0, expected, -30.0)
+  np.testing.assert_allclose(np.asarray(gate), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_fresh_gate_deletes_nothing_on_average():
+  cfg = tiny_config()
+  hidden = np.zeros((1, 4, cfg.d_model), np.float32)
+  module = gate_lib.DeleteGate(cfg)
+  variables = module.init(jax.random.PRNGKey(0), hidden, np.ones((1, 4)))
+  np.testing.assert_array_equal(variables["params"]["dense"]["bias"], [1.0])
+  gate, _ = module.apply(variables, hidden, np.ones((1, 4)))
+  np.testing.assert_allclose(gate, -30.0 / (1 + np.e), rtol=1e-5)
+
+
+def test_deletion_rate_counts_real_positions_only():
+  gate = jnp.array([[-20.0, -1.0, -30.0, -30.0], [-16.0, -14.0, -15.5, -1.0]])
+  real = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
+  assert float(gate_lib.deletion_rate(gate, real, -15.0)) == 3 / 6
+
+
+def reference_fixed_keep(tokens, amount):
+  separators = set(FIXED_DELETION_SEPARATOR_IDS) | {0}
+  keep = []
+  word = []
+  def flush():
+    count = int(np.ceil((1 - amount) * len(word)))
+    keep.extend([i < count for i in range(len(word))])
+    word.clear()
+  for token in tokens:
+    if token in separators:
+      flush()
+      keep.append(True)
+    else:
+      word.append(token)
+  flush()
+  return np.array(keep)
+
+
+def test_fixed_gate_deletes_trailing_share_of_each_word():
+  text = b"the quick brown fox, jumps over a lazy dog!"
+  tokens = np.array([[b + 3 for b in text] + [1, 0, 0]], np.int32)
+  for amount in (0.25, 0.5, 0.75):
+    gate = np.asarray(gate_lib.fixed_gate(jnp.asarray(tokens), amount, -30.0))
+    np.testing.assert_array_equal(gate[0] == 0.0, reference_fixed_keep(list(tokens[0]), amount))
+
+
+def test_random_gate_rate_and_pads():
+  real = jnp.ones((8, 512)).at[:, 400:].set(0)
+  gate = gate_lib.mask_pads(gate_lib.random_gate(jax.random.PRNGKey(3), real, 0.3, -30.0), real,
+                            -30.0)
+  rate = float(gate_lib.deletion_rate(gate, real, -15.0))
+  assert abs(rate - 0.3) < 0.03
+  assert np.all(np.asarray(gate)[:, 400:] == -30.0)
