@@ -1,0 +1,133 @@
+"""Device mesh, logical-axis rules and shardings (a small t5x-style partitioner).
+
+The mesh has two axes, ``data`` and ``model``; ``num_partitions`` devices form
+the model axis and the rest the data axis. Parameters carry logical axis names
+(the network's ``params_axes`` collection); the rules map them to mesh axes.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any, Mapping, Optional, Sequence
+
+import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
+import gin
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+MODEL_AXIS = "model"
+
+# t5x's standard rules for 1-D model parallelism (``standard_logical_axis_rules``).
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", DATA_AXIS),
+    ("vocab", MODEL_AXIS),
+    ("embed", None),
+    ("mlp", MODEL_AXIS),
+    ("heads", MODEL_AXIS),
+    ("kv", None),
+    ("joined_kv", MODEL_AXIS),
+    ("relpos_buckets", None),
+    ("length", None),
+    ("cache", None),
+)
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """num_partitions: size of the model axis (1 = pure data parallelism).
+
+  num_data_partitions: size of the data axis; None = all remaining devices.
+  """
+  num_partitions: int = 1
+  num_data_partitions: Optional[int] = None
+  logical_axis_rules: Sequence[tuple[str, Optional[str]]] = DEFAULT_LOGICAL_AXIS_RULES
+
+
+def make_mesh(config: MeshConfig, devices: Optional[Sequence[Any]] = None) -> Mesh:
+  """A (data, model) mesh over ``devices`` (default: all devices)."""
+  devices = list(jax.devices() if devices is None else devices)
+  model = config.num_partitions
+  if model < 1 or len(devices) % model:
+    raise ValueError(f"MeshConfig.num_partitions={model} must divide the number of devices "
+                     f"({len(devices)})")
+  data = config.num_data_partitions or len(devices) // model
+  if data * model > len(devices):
+    raise ValueError(f"mesh {data} x {model} needs {data * model} devices, "
+                     f"only {len(devices)} available")
+  grid = np.asarray(devices[:data * model], dtype=object).reshape(data, model)
+  return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
+
+
+def _path_key(path) -> tuple:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+class Partitioner:
+  """Shardings of parameters, optimizer state and batches over one mesh."""
+
+  def __init__(self, config: MeshConfig = MeshConfig(), devices=None):
+    self.config = config
+    self.mesh = make_mesh(config, devices)
+    self.rules = tuple(tuple(rule) for rule in config.logical_axis_rules)
+
+  @property
+  def data_size(self) -> int:
+    return self.mesh.shape[DATA_AXIS]
+
+  @property
+  def replicated(self) -> NamedSharding:
+    return NamedSharding(self.mesh, PartitionSpec())
+
+  @property
+  def data_sharding(self) -> NamedSharding:
+    """Batch arrays: leading (batch) dimension over the data axis."""
+    return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+  @contextlib.contextmanager
+  def context(self):
+    """Mesh plus logical-axis rules, so the network's sharding constraints apply."""
+    with self.mesh, nn_partitioning.axis_rules(self.rules):
+      yield
+
+  def logical_specs(self, params_axes: Mapping[str, Any]) -> Any:
+    """The ``params_axes`` collection -> tree of logical PartitionSpecs."""
+    return nn_partitioning.get_axis_names(params_axes)
+
+  def param_shardings(self, params_axes: Mapping[str, Any]) -> Any:
+    """Tree of NamedShardings for the 'params' collection."""
+    return nn.logical_to_mesh_sharding(self.logical_specs(params_axes), self.mesh, self.rules)
+
+  def like_params_shardings(self, tree: Any, params: Any, param_shardings: Any) -> Any:
+    """Shardings for a tree (optimizer state) whose leaves mirror parameters.
+
+    A leaf whose path ends with a parameter's path and has that parameter's
+    shape (Adam's mu/nu) is sharded like it; anything else (counts, factored
+    Adafactor statistics) is replicated.
+    """
+    by_path = {}
+    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params),
+                                      jax.tree_util.tree_leaves(param_shardings)):
+      by_path[_path_key(path)] = (np.shape(leaf), sharding)
+
+    def pick(path, leaf):
+      key = _path_key(path)
+      for start in range(len(key)):
+        match = by_path.get(key[start:])
+        if match is not None and match[0] == np.shape(leaf):
+          return match[1]
+      return self.replicated
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+  def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
+    """Host-local numpy batch -> global arrays split over the data axis."""
+    for name, value in batch.items():
+      if value.shape[0] % self.data_size:
+        raise ValueError(f"batch feature {name!r} has {value.shape[0]} rows, not a multiple of "
+                         f"the data-parallel size {self.data_size}")
+    return {name: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(value))
+            for name, value in batch.items()}
