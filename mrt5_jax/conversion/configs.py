@@ -1,0 +1,151 @@
+"""Config mapping: ``MrT5Config`` <-> Hugging Face ``config.json``, and sizes from params.
+
+A gated model becomes ``model_type`` "mrt5" with the published MrT5 keys; a
+gate-less softmax model becomes a plain "t5" config that transformers loads
+without custom code. No torch needed.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Optional
+
+import numpy as np
+
+from mrt5_jax.config import MrT5Config
+from mrt5_jax.conversion import mapping
+
+GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "use_softmax1",
+             "gate_layer_norm", "deletion_type", "random_deletion_probability",
+             "fixed_deletion_amount")
+HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
+
+
+def is_plain_t5(config: MrT5Config) -> bool:
+  """True when plain T5ForConditionalGeneration computes the same function."""
+  return not config.has_gate and not config.use_softmax1
+
+
+def to_hf_config(config: MrT5Config, dtype: str = "float32") -> dict[str, Any]:
+  """The ``config.json`` contents of a converted folder."""
+  if dtype not in HF_DTYPES:
+    raise ValueError(f"dtype must be one of {sorted(HF_DTYPES)}, got {dtype!r}")
+  plain = is_plain_t5(config)
+  values = {
+      "architectures": ["T5ForConditionalGeneration" if plain else "MrT5ForConditionalGeneration"],
+      "model_type": "t5" if plain else "mrt5",
+      "vocab_size": config.vocab_size,
+      "d_model": config.d_model,
+      "d_kv": config.head_dim,
+      "d_ff": config.d_ff,
+      "num_layers": config.num_encoder_layers,
+      "num_decoder_layers": config.num_decoder_layers,
+      "num_heads": config.num_heads,
+      "relative_attention_num_buckets": config.relative_attention_num_buckets,
+      "relative_attention_max_distance": config.relative_attention_max_distance,
+      "dropout_rate": config.dropout_rate,
+      "layer_norm_epsilon": config.layer_norm_epsilon,
+      "initializer_factor": 1.0,
+      "feed_forward_proj": "gated-gelu",
+      "is_encoder_decoder": True,
+      "tie_word_embeddings": False,
+      "use_cache": True,
+      "pad_token_id": 0,
+      "eos_token_id": 1,
+      "decoder_start_token_id": 0,
+      "dtype": HF_DTYPES[dtype],
+  }
+  if not plain:
+    values["has_absolute_position_embeddings"] = False
+    values.update({key: getattr(config, key) for key in GATE_KEYS})
+  return values
+
+
+def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
+  """An HF T5 / MrT5 ``config.json`` dict -> ``MrT5Config`` (``overrides`` win).
+
+  Refuses what the JAX network cannot express: non-gated MLPs (T5 1.0),
+  tied output embeddings, absolute position embeddings, unknown gate types.
+  """
+  model_type = values.get("model_type", "t5")
+  if model_type not in ("t5", "mrt5"):
+    raise ValueError(f"config.json has model_type={model_type!r}; expected 't5' or 'mrt5'")
+  ffn = values.get("feed_forward_proj", "relu")
+  if ffn != "gated-gelu":
+    raise ValueError(f"config.json has feed_forward_proj={ffn!r}; only 'gated-gelu' "
+                     "(T5.1.1 / ByT5 / MrT5) is supported")
+  if values.get("tie_word_embeddings", True) is not False:
+    raise ValueError("config.json has tie_word_embeddings true (or missing); the network has a "
+                     "separate output projection (ByT5 / MrT5 set it to false)")
+  if values.get("has_absolute_position_embeddings", False):
+    raise ValueError("config.json has has_absolute_position_embeddings=true; not supported")
+  fields = dict(
+      vocab_size=values["vocab_size"], d_model=values["d_model"], d_ff=values["d_ff"],
+      num_heads=values["num_heads"], head_dim=values["d_kv"],
+      num_encoder_layers=values["num_layers"],
+      num_decoder_layers=values.get("num_decoder_layers") or values["num_layers"],
+      relative_attention_num_buckets=values.get("relative_attention_num_buckets", 32),
+      relative_attention_max_distance=values.get("relative_attention_max_distance", 128),
+      layer_norm_epsilon=values.get("layer_norm_epsilon", 1e-6),
+      dropout_rate=values.get("dropout_rate", 0.0))
+  if model_type == "t5":
+    fields["deletion_type"] = "none"
+  else:
+    deletion_type = values.get("deletion_type") or "scaled_sigmoid"
+    if deletion_type not in ("scaled_sigmoid", "random", "fixed", "none"):
+      raise ValueError(f"config.json has deletion_type={deletion_type!r}; supported: "
+                       "scaled_sigmoid, random, fixed, none")
+    fields["deletion_type"] = deletion_type
+    for key in GATE_KEYS:
+      if key != "deletion_type" and values.get(key) is not None:
+        fields[key] = values[key]
+  fields.update(overrides)
+  return MrT5Config(**fields)
+
+
+def _shape(flat, path: tuple[str, ...]) -> tuple[int, ...]:
+  if path not in flat:
+    raise ValueError(f"parameter {'/'.join(path)!r} is missing: not an MrT5 / ByT5 (T5.1.1) "
+                     "parameter tree")
+  return tuple(np.shape(flat[path]))
+
+
+def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
+  """Sizes from parameter shapes (for checkpoints without ``model_config.json``).
+
+  Heads and buckets come from the encoder relpos table, head_dim from the
+  query kernel, layer counts from the ``layers_{i}`` names, the gate's
+  presence and layer norm from ``encoder/delete_gate``. The gate's layer is
+  not in the tree: ``knobs`` (e.g. ``delete_gate_layer``) supply it and the
+  other gate settings, else MrT5Config's defaults apply.
+  """
+  flat = mapping.flatten(params)
+  vocab, d_model = _shape(flat, ("token_embedder", "embedding"))
+  heads, buckets = _shape(flat, ("encoder", "relpos_bias", "rel_embedding"))
+  inner = _shape(flat, ("encoder", "layers_0", "attention", "query", "kernel"))[1]
+  if inner % heads:
+    raise ValueError(f"query kernel width {inner} is not a multiple of {heads} heads")
+  if ("encoder", "layers_0", "mlp", "wi", "kernel") in flat:
+    raise ValueError("parameter 'encoder/layers_0/mlp/wi/kernel' found: a T5 1.0 (ReLU MLP) "
+                     "checkpoint; only gated-GELU (T5.1.1 / ByT5) models are supported")
+  d_ff = _shape(flat, ("encoder", "layers_0", "mlp", "wi_0", "kernel"))[1]
+
+  def count(stack):
+    return len({path[1] for path in flat if path[0] == stack and path[1].startswith("layers_")})
+
+  has_gate = any(path[:2] == ("encoder", "delete_gate") for path in flat)
+  fields = dict(vocab_size=vocab, d_model=d_model, d_ff=d_ff, num_heads=heads,
+                head_dim=inner // heads, num_encoder_layers=count("encoder"),
+                num_decoder_layers=count("decoder"), relative_attention_num_buckets=buckets)
+  if has_gate:
+    fields["deletion_type"] = "scaled_sigmoid"
+    fields["gate_layer_norm"] = ("encoder", "delete_gate", "layer_norm", "scale") in flat
+  else:
+    fields["deletion_type"] = knobs.pop("deletion_type", None) or "none"
+  for key in ("deletion_type", "gate_layer_norm"):
+    if key in fields and knobs.get(key) is not None and knobs[key] != fields[key]:
+      raise ValueError(f"{key}={knobs[key]!r} contradicts the parameter tree, which implies "
+                       f"{key}={fields[key]!r}")
+    knobs.pop(key, None)
+  fields.update({key: value for key, value in knobs.items() if value is not None})
+  return MrT5Config(**fields)
+

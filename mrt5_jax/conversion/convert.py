@@ -1,0 +1,78 @@
+"""The two conversions behind ``mrt5-convert``: checkpoint -> HF folder, HF folder -> checkpoint."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+from mrt5_jax.conversion import checkpoints, configs, folders, mapping
+
+BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenizer
+TOKENIZER_CONFIG = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 125, "eos_token": "</s>",
+                    "pad_token": "<pad>", "unk_token": "<unk>"}
+DTYPES = ("float32", "bfloat16")
+
+
+def _numpy_dtype(dtype: str):
+  if dtype not in DTYPES:
+    raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+  if dtype == "bfloat16":
+    import ml_dtypes
+    return ml_dtypes.bfloat16
+  return np.float32
+
+
+def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = None,
+               dtype: str = "float32", overwrite: bool = False,
+               **gate_settings: Any) -> dict[str, Any]:
+  """Write the HF folder of a project or t5x checkpoint (latest step unless ``step``).
+
+  ``gate_settings`` (delete_gate_layer, sigmoid_mask_scale, deletion_threshold,
+  use_softmax1, deletion_type) describe checkpoints without
+  ``model_config.json`` (t5x); a checkpoint with one must not get them.
+  Returns a summary (layout, step, model_type, parameter count).
+  """
+  numpy_dtype = _numpy_dtype(dtype)
+  folders.check_output(output_dir, overwrite)
+  gate_settings = {key: value for key, value in gate_settings.items() if value is not None}
+  checkpoint = checkpoints.read_checkpoint(checkpoint_dir, step)
+  logging.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
+               checkpoint.step)
+  if checkpoint.config is not None:
+    if gate_settings:
+      raise ValueError(f"{checkpoint_dir!r} carries {checkpoints.MODEL_CONFIG_FILE}; gate options "
+                       f"{sorted(gate_settings)} apply only to checkpoints without one")
+    config = checkpoint.config
+  else:
+    config = configs.infer_config(checkpoint.params, **gate_settings)
+  state_dict = mapping.jax_to_hf_state_dict(checkpoint.params, config, numpy_dtype)
+  hf_config = configs.to_hf_config(config, dtype)
+  with folders.atomic_directory(output_dir, overwrite) as staging:
+    folders.write_hf_folder(staging, hf_config, state_dict)
+    if config.vocab_size == BYTE_VOCAB_SIZE:
+      with open(os.path.join(staging, "tokenizer_config.json"), "w") as f:
+        json.dump(TOKENIZER_CONFIG, f, indent=2)
+  return {"layout": checkpoint.layout, "step": checkpoint.step,
+          "model_type": hf_config["model_type"], "dtype": dtype,
+          "num_parameters": int(sum(value.size for value in state_dict.values())),
+          "output": os.path.abspath(output_dir)}
+
+
+def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
+                 overwrite: bool = False) -> dict[str, Any]:
+  """Write a project checkpoint (``checkpoints/<step>`` + model_config.json) of an HF folder.
+
+  The folder may be a converted MrT5 / ByT5 folder or a published one
+  (safetensors or pytorch_model.bin). Params are stored float32.
+  """
+  folders.check_output(output_dir, overwrite)
+  config = configs.from_hf_config(folders.read_hf_config(model_dir))
+  params = mapping.hf_state_dict_to_jax(folders.read_hf_state_dict(model_dir), config)
+  with folders.atomic_directory(output_dir, overwrite) as staging:
+    checkpoints.write_project_checkpoint(staging, params, config, step)
+  return {"layout": "project", "step": step, "deletion_type": config.deletion_type,
+          "num_parameters": int(sum(v.size for v in mapping.flatten(params).values())),
+          "output": os.path.abspath(output_dir)}

@@ -1,0 +1,198 @@
+"""One table from JAX parameter paths to Hugging Face state-dict names, both ways.
+
+JAX params (flax ``params`` collection, t5x names, Dense kernels 2-D
+(in, out)) and the HF T5 / published MrT5 state dict hold the same numbers:
+every kernel is the transpose of its ``nn.Linear.weight``, the relative
+position tables (H, 32) are transposes of ``relative_attention_bias.weight``,
+layer-norm scales and the gate bias are equal. Arrays are NumPy in and out
+(torch tensors are accepted on input), so JAX code can use this without torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from mrt5_jax.config import MrT5Config
+
+ATTENTION_NAMES = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
+MLP_NAMES = ("wi_0", "wi_1", "wo")
+# HF names that may appear in a state dict but carry no parameter of their own:
+# the tied copies of the shared embedding, and a table HF never uses.
+TIED_EMBEDDINGS = ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight")
+IGNORED_HF_NAMES = ("decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One parameter: JAX path, HF name, JAX shape, whether HF stores the transpose."""
+  jax_path: tuple[str, ...]
+  hf_name: str
+  jax_shape: tuple[int, ...]
+  transpose: bool
+
+  @property
+  def hf_shape(self) -> tuple[int, ...]:
+    return tuple(reversed(self.jax_shape)) if self.transpose else self.jax_shape
+
+  @property
+  def jax_name(self) -> str:
+    return "/".join(self.jax_path)
+
+
+def _attention(entries, jax_prefix, hf_prefix, cfg):
+  for jax_name, hf_name in ATTENTION_NAMES:
+    shape = (cfg.inner_dim, cfg.d_model) if jax_name == "out" else (cfg.d_model, cfg.inner_dim)
+    entries.append(Entry(jax_prefix + (jax_name, "kernel"), f"{hf_prefix}.{hf_name}.weight",
+                         shape, True))
+
+
+def _mlp(entries, jax_prefix, hf_prefix, cfg):
+  for name in MLP_NAMES:
+    shape = (cfg.d_ff, cfg.d_model) if name == "wo" else (cfg.d_model, cfg.d_ff)
+    entries.append(Entry(jax_prefix + ("mlp", name, "kernel"),
+                         f"{hf_prefix}.DenseReluDense.{name}.weight", shape, True))
+
+
+def _norm(entries, jax_path, hf_name, cfg):
+  entries.append(Entry(jax_path + ("scale",), hf_name, (cfg.d_model,), False))
+
+
+def parameter_table(config: MrT5Config) -> list[Entry]:
+  """Every parameter of the network for ``config``, in a fixed order."""
+  cfg = config
+  buckets = cfg.relative_attention_num_buckets
+  entries = [Entry(("token_embedder", "embedding"), "shared.weight",
+                   (cfg.vocab_size, cfg.d_model), False)]
+  entries.append(Entry(("encoder", "relpos_bias", "rel_embedding"),
+                       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                       (cfg.num_heads, buckets), True))
+  for i in range(cfg.num_encoder_layers):
+    jax_layer, hf_block = ("encoder", f"layers_{i}"), f"encoder.block.{i}"
+    _norm(entries, jax_layer + ("pre_attention_layer_norm",), f"{hf_block}.layer.0.layer_norm.weight", cfg)
+    _attention(entries, jax_layer + ("attention",), f"{hf_block}.layer.0.SelfAttention", cfg)
+    _norm(entries, jax_layer + ("pre_mlp_layer_norm",), f"{hf_block}.layer.1.layer_norm.weight", cfg)
+    _mlp(entries, jax_layer, f"{hf_block}.layer.1", cfg)
+  _norm(entries, ("encoder", "encoder_norm"), "encoder.final_layer_norm.weight", cfg)
+  if cfg.deletion_type == "scaled_sigmoid":
+    gate_jax, gate_hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
+    if cfg.gate_layer_norm:
+      _norm(entries, gate_jax + ("layer_norm",), f"{gate_hf}.layer_norm.weight", cfg)
+    entries.append(Entry(gate_jax + ("dense", "kernel"), f"{gate_hf}.feed_forward.weight",
+                         (cfg.d_model, 1), True))
+    entries.append(Entry(gate_jax + ("dense", "bias"), f"{gate_hf}.feed_forward.bias", (1,), False))
+  entries.append(Entry(("decoder", "relpos_bias", "rel_embedding"),
+                       "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+                       (cfg.num_heads, buckets), True))
+  for i in range(cfg.num_decoder_layers):
+    jax_layer, hf_block = ("decoder", f"layers_{i}"), f"decoder.block.{i}"
+    _norm(entries, jax_layer + ("pre_self_attention_layer_norm",), f"{hf_block}.layer.0.layer_norm.weight", cfg)
+    _attention(entries, jax_layer + ("self_attention",), f"{hf_block}.layer.0.SelfAttention", cfg)
+    _norm(entries, jax_layer + ("pre_cross_attention_layer_norm",), f"{hf_block}.layer.1.layer_norm.weight", cfg)
+    _attention(entries, jax_layer + ("encoder_decoder_attention",), f"{hf_block}.layer.1.EncDecAttention", cfg)
+    _norm(entries, jax_layer + ("pre_mlp_layer_norm",), f"{hf_block}.layer.2.layer_norm.weight", cfg)
+    _mlp(entries, jax_layer, f"{hf_block}.layer.2", cfg)
+  _norm(entries, ("decoder", "decoder_norm"), "decoder.final_layer_norm.weight", cfg)
+  entries.append(Entry(("decoder", "logits_dense", "kernel"), "lm_head.weight",
+                       (cfg.d_model, cfg.vocab_size), True))
+  return entries
+
+
+def to_numpy(value: Any) -> np.ndarray:
+  """A NumPy view of a numpy/jax array or a torch tensor (bfloat16 stays bfloat16)."""
+  if hasattr(value, "detach"):  # a torch.Tensor; torch is imported only then
+    import torch
+    value = value.detach().cpu()
+    if value.dtype == torch.bfloat16:
+      import ml_dtypes
+      return value.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return value.numpy()
+  return np.asarray(value)
+
+
+def flatten(params: Mapping) -> dict[tuple[str, ...], Any]:
+  """Nested mapping (dict or FrozenDict) -> {path tuple: leaf}."""
+  flat = {}
+  for key, value in params.items():
+    if isinstance(value, Mapping):
+      for path, leaf in flatten(value).items():
+        flat[(str(key),) + path] = leaf
+    else:
+      flat[(str(key),)] = value
+  return flat
+
+
+def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
+  """{path tuple: leaf} -> nested plain dicts."""
+  nested: dict = {}
+  for path, leaf in flat.items():
+    node = nested
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = leaf
+  return nested
+
+
+def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...], source: str):
+  if tuple(shape) != tuple(expected):
+    raise ValueError(f"{source} tensor {name!r} has shape {tuple(shape)}, but the model config "
+                     f"expects {tuple(expected)}")
+
+
+def jax_to_hf_state_dict(params: Mapping, config: MrT5Config,
+                         dtype: Any = np.float32) -> dict[str, np.ndarray]:
+  """JAX ``params`` (nested, t5x names) -> HF state dict {name: array of ``dtype``}.
+
+  Refuses (ValueError naming the parameter) a missing parameter, an extra one
+  (e.g. a gate the config does not have) and a shape that does not match.
+  """
+  flat = flatten(params)
+  table = parameter_table(config)
+  known = {entry.jax_path for entry in table}
+  extra = sorted("/".join(path) for path in flat if path not in known)
+  if extra:
+    raise ValueError(f"JAX parameters not part of a model with this config "
+                     f"(deletion_type={config.deletion_type!r}): {extra}")
+  state_dict = {}
+  for entry in table:
+    if entry.jax_path not in flat:
+      raise ValueError(f"JAX parameter {entry.jax_name!r} is missing (needed for "
+                       f"{entry.hf_name!r}; deletion_type={config.deletion_type!r})")
+    value = to_numpy(flat[entry.jax_path])
+    _check_shape(entry.jax_name, value.shape, entry.jax_shape, "JAX")
+    value = value.T if entry.transpose else value
+    state_dict[entry.hf_name] = np.ascontiguousarray(value.astype(dtype))
+  return state_dict
+
+
+def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> dict:
+  """HF state dict (numpy arrays or torch tensors) -> nested JAX params, float32.
+
+  Tied embedding copies must equal ``shared.weight``; any other unknown
+  tensor, a missing one (e.g. the gate of a gated config) or a wrong shape is
+  refused with a ValueError naming the tensor.
+  """
+  table = parameter_table(config)
+  known = {entry.hf_name for entry in table}
+  extra = sorted(name for name in state_dict
+                 if name not in known and name not in TIED_EMBEDDINGS and name not in IGNORED_HF_NAMES)
+  if extra:
+    raise ValueError(f"state-dict tensors not part of a model with this config "
+                     f"(deletion_type={config.deletion_type!r}): {extra}")
+  flat = {}
+  for entry in table:
+    if entry.hf_name not in state_dict:
+      raise ValueError(f"state-dict tensor {entry.hf_name!r} is missing (deletion_type="
+                       f"{config.deletion_type!r}, delete_gate_layer={config.delete_gate_layer})")
+    value = to_numpy(state_dict[entry.hf_name])
+    _check_shape(entry.hf_name, value.shape, entry.hf_shape, "state-dict")
+    value = value.T if entry.transpose else value
+    flat[entry.jax_path] = np.ascontiguousarray(value.astype(np.float32))
+  shared = flat[("token_embedder", "embedding")]
+  for name in TIED_EMBEDDINGS:
+    if name in state_dict and not np.array_equal(to_numpy(state_dict[name]).astype(np.float32), shared):
+      raise ValueError(f"state-dict tensor {name!r} differs from 'shared.weight'; the network "
+                       "shares one embedding between encoder and decoder")
+  return unflatten(flat)
