@@ -13,15 +13,17 @@ the paper; with the default 64-token length the string has 62 letters
 - ``mrt5.diagnostic.merge_abc``: every ``ABC`` becomes ``D``. Inputs get
   about 5 inserted ``ABC``.
 
-Example ``i`` of a split is drawn from ``numpy.random.default_rng([seed, i])``
-with the split's seed, so a split is the same on every run and machine, and
-the three splits differ. Gin knobs: ``mrt5_jax.tasks.diagnostic_config.*``.
+Example ``i`` of a split is drawn from
+``numpy.random.default_rng([seed, task_id, i])`` with the split's seed and
+the task's CRC-32 id, so a split is the same on every run and machine, and
+splits and tasks differ. Gin knobs: ``mrt5_jax.tasks.diagnostic_config.*``.
 """
 from __future__ import annotations
 
 import dataclasses
 import re
 import string
+import zlib
 from typing import Callable, Dict, Mapping, Sequence, Tuple
 
 import gin
@@ -79,8 +81,9 @@ class DiagnosticConfig:
       raise ValueError("diagnostic_config.sequence_length must be >= 8, got "
                        f"{self.sequence_length}")
     seeds = (self.train_seed, self.validation_seed, self.test_seed)
-    if len(set(seeds)) != 3:
-      raise ValueError(f"diagnostic split seeds must differ, got {seeds}")
+    if len(set(seeds)) != 3 or min(seeds) < 0:
+      raise ValueError("diagnostic split seeds must be distinct and >= 0, "
+                       f"got {seeds}")
 
   @property
   def string_length(self) -> int:
@@ -186,7 +189,8 @@ def generate_example(task: str, seed: int, index: int,
     raise ValueError(f"Unknown diagnostic task {task!r}; tasks: "
                      f"{', '.join(TASKS)}")
   make_input, rule = TASKS[task]
-  text = PREFIX + make_input(np.random.default_rng([seed, index]), config)
+  rng = np.random.default_rng([seed, zlib.crc32(task.encode()), index])
+  text = PREFIX + make_input(rng, config)
   return text, rule(text)
 
 
