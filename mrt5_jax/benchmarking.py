@@ -1,0 +1,186 @@
+"""Hard-deletion speed: ByT5 against MrT5 at forced deletion rates, side by side.
+
+Deletion rates are forced through the gate bias (no training needed): the
+first stage's gate logits are measured once and the bias is set so that the
+row keeping the most positions keeps ``(1 - rate) * L`` of them. Speedups are
+ratios of median wall times measured alternately in the same process; the FLOP-count
+ideal is the ratio of the two models' matmul FLOPs at the lengths actually run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrt5_jax.config import MrT5Config, preset
+from mrt5_jax.inference import InferenceRunner
+from mrt5_jax.network import Transformer
+
+CPU_BENCH_SIZE = dict(d_model=256, d_ff=640, num_heads=4, head_dim=64, num_encoder_layers=12,
+                      num_decoder_layers=4)
+
+
+def benchmark_config(name: str, gate_layer: int = 3) -> MrT5Config:
+  """``cpu``: a 12-layer model a 2-core machine runs at length 1024; ``small``: ByT5-small."""
+  sizes = CPU_BENCH_SIZE if name == "cpu" else {}
+  base = "tiny" if name == "cpu" else name
+  return preset(base, **sizes, delete_gate_layer=gate_layer, hard_deletion_mode="bucketed",
+                bucket_step=64, min_bucket_length=64)
+
+
+def layer_flops(length: int, config: MrT5Config) -> float:
+  """Matmul FLOPs of one encoder layer at ``length`` positions (per example)."""
+  d, inner, ff = config.d_model, config.inner_dim, config.d_ff
+  projections = 4 * length * d * inner * 2
+  scores = 2 * length * length * inner * 2
+  mlp = 3 * length * d * ff * 2
+  return float(projections + scores + mlp)
+
+
+def encoder_flops(config: MrT5Config, length: int, kept: Optional[int] = None) -> float:
+  gate_layer = config.delete_gate_layer if kept is not None else config.num_encoder_layers
+  kept = length if kept is None else kept
+  return (gate_layer * layer_flops(length, config)
+          + (config.num_encoder_layers - gate_layer) * layer_flops(kept, config))
+
+
+def decoder_flops(config: MrT5Config, target_length: int, encoder_length: int) -> float:
+  d, inner, ff, t = config.d_model, config.inner_dim, config.d_ff, target_length
+  self_attention = 4 * t * d * inner * 2 + 2 * t * t * inner * 2
+  cross = 2 * t * d * inner * 2 + 2 * encoder_length * d * inner * 2 + 2 * t * encoder_length * inner * 2
+  mlp = 3 * t * d * ff * 2
+  return config.num_decoder_layers * (self_attention + cross + mlp) + t * d * config.vocab_size * 2
+
+
+def ideal_speedup(config: MrT5Config, length: int, kept: int, target_length: int = 0) -> float:
+  """FLOP ratio ByT5 / MrT5 (encoder only when ``target_length`` is 0)."""
+  byt5 = encoder_flops(config, length)
+  mrt5 = encoder_flops(config, length, kept)
+  if target_length:
+    byt5 += decoder_flops(config, target_length, length)
+    mrt5 += decoder_flops(config, target_length, kept)
+  return byt5 / mrt5
+
+
+def paired_median_seconds(first: Callable[[], object], second: Callable[[], object],
+                          repeats: int) -> tuple[float, float]:
+  """Median wall times of two computations timed alternately, so background
+  load affects both alike."""
+  jax.block_until_ready(first())
+  jax.block_until_ready(second())
+  times = ([], [])
+  for _ in range(repeats):
+    for fn, bucket in ((first, times[0]), (second, times[1])):
+      start = time.perf_counter()
+      jax.block_until_ready(fn())
+      bucket.append(time.perf_counter() - start)
+  return float(np.median(times[0])), float(np.median(times[1]))
+
+
+def force_rate(runner: InferenceRunner, tokens: np.ndarray, rate: float):
+  """Params whose gate bias deletes ``rate`` of the fullest row (others delete more)."""
+  params = jax.tree_util.tree_map(lambda x: x, runner.params)
+  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.zeros((1,), jnp.float32)
+  module = runner.module
+  _, _, logits = module.apply({"params": params}, tokens, None, False,
+                              method=module.encode_stage_one)
+  logits = np.asarray(logits)
+  cut = max(np.quantile(row, rate, method="lower") for row in logits)
+  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.asarray([-float(cut) - 1e-4],
+                                                                  jnp.float32)
+  return params
+
+
+@dataclasses.dataclass
+class RateResult:
+  rate: float
+  byt5_encoder_seconds: float
+  byt5_scoring_seconds: float
+  measured_deletion_rate: float
+  compacted_length: int
+  encoder_seconds: float
+  encoder_speedup: float
+  encoder_ideal_speedup: float
+  encoder_efficiency: float
+  scoring_seconds: float
+  scoring_speedup: float
+  scoring_ideal_speedup: float
+  scoring_efficiency: float
+
+
+def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (0.25, 0.5, 0.75),
+                            length: int = 1024, target_length: int = 189, batch: int = 2,
+                            repeats: int = 3, seed: int = 0,
+                            log: Callable[[str], None] = print) -> dict:
+  """Measure ByT5 vs hard-deletion MrT5; returns a JSON-ready dict."""
+  config = benchmark_config(config_name)
+  byt5_config = config.replace(deletion_type="none")
+  rng = np.random.RandomState(seed)
+  tokens = rng.randint(3, 259, size=(batch, length)).astype(np.int32)
+  tokens[:, -1] = 1
+  targets = rng.randint(3, 259, size=(batch, target_length)).astype(np.int32)
+  targets[:, -1] = 1
+  decoder_inputs = np.concatenate([np.zeros((batch, 1), np.int32), targets[:, :-1]], 1)
+  module = Transformer(config)
+  params = jax.jit(module.init, static_argnames="enable_dropout")(
+      jax.random.PRNGKey(seed), tokens[:, :8], decoder_inputs[:, :8], targets[:, :8],
+      enable_dropout=False)["params"]
+  byt5_params = dict(params)
+  byt5_params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "delete_gate"}
+
+  log(f"device={jax.devices()[0].device_kind} config={config_name} d_model={config.d_model} "
+      f"layers={config.num_encoder_layers}/{config.num_decoder_layers} gate_layer="
+      f"{config.delete_gate_layer} length={length} targets={target_length} batch={batch}")
+  byt5 = InferenceRunner(byt5_config, byt5_params, mode="soft")
+  byt5_encode_fn = lambda: byt5.encode(tokens).encoded
+  byt5_score_fn = lambda: byt5.score(tokens, decoder_inputs, targets)
+
+  results = []
+  mrt5 = InferenceRunner(config, params, mode="bucketed")
+  for rate in rates:
+    mrt5.params = force_rate(mrt5, tokens, rate)
+    out = mrt5.encode(tokens)
+    kept = out.compacted_length
+    real = tokens > 0
+    measured = float(np.mean(np.asarray(out.gate)[real] < config.deletion_threshold))
+    byt5_encode, encode_s = paired_median_seconds(
+        byt5_encode_fn, lambda: mrt5.encode(tokens).encoded, repeats)
+    byt5_score, score_s = paired_median_seconds(
+        byt5_score_fn, lambda: mrt5.score(tokens, decoder_inputs, targets), repeats)
+    enc_ideal = ideal_speedup(config, length, kept)
+    score_ideal = ideal_speedup(config, length, kept, target_length)
+    result = RateResult(
+        rate=rate, byt5_encoder_seconds=byt5_encode, byt5_scoring_seconds=byt5_score,
+        measured_deletion_rate=measured, compacted_length=kept,
+        encoder_seconds=encode_s, encoder_speedup=byt5_encode / encode_s,
+        encoder_ideal_speedup=enc_ideal, encoder_efficiency=byt5_encode / encode_s / enc_ideal,
+        scoring_seconds=score_s, scoring_speedup=byt5_score / score_s,
+        scoring_ideal_speedup=score_ideal,
+        scoring_efficiency=byt5_score / score_s / score_ideal)
+    results.append(result)
+    log(f"rate {rate:.2f} (measured {measured:.3f}, compacted length {kept}): ByT5 encoder "
+        f"{byt5_encode * 1e3:.0f} ms vs MrT5 {encode_s * 1e3:.0f} ms; "
+        f"encoder {result.encoder_speedup:.2f}x of ideal {enc_ideal:.2f}x "
+        f"-> {result.encoder_efficiency:.2f} | scoring {result.scoring_speedup:.2f}x of ideal "
+        f"{score_ideal:.2f}x -> {result.scoring_efficiency:.2f}")
+  return {
+      "device": jax.devices()[0].device_kind,
+      "platform": jax.devices()[0].platform,
+      "config": config_name,
+      "model": {k: getattr(config, k) for k in ("d_model", "d_ff", "num_heads", "head_dim",
+                                                "num_encoder_layers", "num_decoder_layers",
+                                                "delete_gate_layer", "bucket_step")},
+      "length": length, "target_length": target_length, "batch": batch, "repeats": repeats,
+      "rates": [dataclasses.asdict(r) for r in results],
+      "compiled_encoder_programs": mrt5.num_compiled_programs,
+  }
+
+
+def write_json(result: dict, path: str) -> None:
+  with open(path, "w") as f:
+    json.dump(result, f, indent=2)
