@@ -206,7 +206,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
                  enable_dropout: bool = True, deletion: str = "soft",
                  normalizers: Optional[Mapping[str, jax.Array]] = None,
-                 num_microbatches: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 num_microbatches: int = 1, compacted_length: Optional[int] = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
 
   Args:
@@ -219,6 +220,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
     rngs: {'dropout': key, 'deletion': key} (None when nothing is random).
     normalizers: from ``batch_normalizers`` of the whole batch (default: this batch).
     num_microbatches: divides the (mean-valued) score regularizer so micro-batches sum.
+    deletion, compacted_length: 'soft' (training), or 'hard' with this static
+      compacted length (default: the config's capacity length).
 
   Returns:
     (loss scalar, metric sums: see ``finalize_metrics``).
@@ -234,7 +237,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       decoder_segment_ids=batch.get("decoder_segment_ids"),
       encoder_positions=batch.get("encoder_positions"),
       decoder_positions=batch.get("decoder_positions"),
-      enable_dropout=enable_dropout, deletion=deletion, return_aux=True,
+      enable_dropout=enable_dropout, deletion=deletion, compacted_length=compacted_length,
+      return_aux=True,
       rngs=rngs or {}, mutable=["intermediates"] if want_scores else False)
   if want_scores:
     (logits, aux), state = outputs

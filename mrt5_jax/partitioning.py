@@ -95,7 +95,8 @@ class Partitioner:
 
   def logical_specs(self, params_axes: Mapping[str, Any]) -> Any:
     """The ``params_axes`` collection -> tree of logical PartitionSpecs."""
-    return nn_partitioning.get_axis_names(params_axes)
+    from flax.core import unfreeze
+    return unfreeze(nn_partitioning.get_axis_names(unfreeze(params_axes)))
 
   def param_shardings(self, params_axes: Mapping[str, Any]) -> Any:
     """Tree of NamedShardings for the 'params' collection."""

@@ -1,0 +1,77 @@
+"""mrt5-train: train MrT5/ByT5 from gin files.
+
+  mrt5-train --gin_file=runs/local.gin [--gin.TRAIN_STEPS=400] [--gin.MODEL_DIR=/tmp/run]
+  python -m mrt5_jax.cli.train --gin_file=runs/mrt5_small_continued_pretraining.gin \
+      --gin.MODEL_DIR=gs://... --gin.INIT_CHECKPOINT=/path/to/converted/byt5_small
+
+Runs ``mrt5_jax.trainer.train`` with the bound arguments; ends by printing the
+deletion rate reached against the target and where the checkpoint is.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional, Sequence
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _setup_logging() -> None:
+  logging.basicConfig(level=logging.ERROR, force=True)
+  handler = logging.StreamHandler(sys.stdout)
+  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+  logger = logging.getLogger("mrt5_jax")
+  logger.handlers = [handler]
+  logger.setLevel(logging.INFO)
+  logger.propagate = False
+
+
+def summary(result) -> str:
+  """The closing report of a run."""
+  lines = [f"finished at step {result.step} in {result.wall_seconds:.0f} s"
+           + (" (interrupted; resume with the same command)" if result.interrupted else "")]
+  metrics = result.metrics
+  if metrics:
+    lines.append(f"final train loss {metrics['loss']:.4f}, cross entropy "
+                 f"{metrics['cross_entropy_per_token']:.4f} per target byte")
+  if result.target_deletion_rate is not None and metrics:
+    lines.append(f"deletion rate {metrics['deletion_rate']:.3f} (target "
+                 f"{result.target_deletion_rate:.3f}), alpha {metrics.get('alpha', 0.0):.4g}")
+  for mode, values in (result.eval_metrics or {}).items():
+    lines.append(f"eval ({mode} deletion): cross entropy {values['cross_entropy_per_token']:.4f}, "
+                 f"deletion rate {values['deletion_rate']:.3f}, kept length "
+                 f"{values['kept_length']:.1f}/{values['real_length']:.1f}")
+  lines.append(f"checkpoint: {result.checkpoint_dir}")
+  lines.append(f"TensorBoard: tensorboard --logdir {result.model_dir}")
+  return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ("-h", "--help") for a in argv):
+    print(__doc__)
+    return 0
+  _setup_logging()
+  from mrt5_jax import gin_utils
+  try:
+    rest = gin_utils.parse_argv(argv)
+  except ValueError as e:
+    print(f"mrt5-train: {e}", file=sys.stderr)
+    return 2
+  if rest:
+    print(f"mrt5-train: unknown arguments {rest} (use --gin_file and --gin.NAME=VALUE)",
+          file=sys.stderr)
+    return 2
+  from mrt5_jax import trainer
+  try:
+    result = trainer.train()
+  except ValueError as e:
+    print(f"mrt5-train: {e}", file=sys.stderr)
+    return 1
+  print(summary(result), flush=True)
+  return 130 if result.interrupted else 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,111 @@
+"""Evaluation with soft and hard deletion (loss, CE, accuracy, deletion metrics).
+
+Soft: the training computation without dropout. Hard: deleted positions are
+removed; the compacted length is the batch's largest kept count rounded up to a
+bucket (``config.bucket_for``), picked on the host between two compiled
+programs, so nothing overflows and a stream costs one program per bucket.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrt5_jax import compaction
+from mrt5_jax import controller as controller_lib
+from mrt5_jax import data as data_lib
+from mrt5_jax import objective as objective_lib
+from mrt5_jax import partitioning
+from mrt5_jax.config import bucket_for
+
+MODES = ("soft", "hard")
+# Metric sums that are per-batch means (averaged over batches, not summed).
+_PER_BATCH_MEANS = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty")
+
+
+class Evaluator:
+  """Jitted soft/hard evaluation of one module on a mesh."""
+
+  def __init__(self, module, partitioner: partitioning.Partitioner,
+               objective: objective_lib.ObjectiveConfig,
+               controller: controller_lib.ControllerConfig):
+    self.module = module
+    self.config = module.config
+    self.partitioner = partitioner
+    self.objective = objective
+    self.controller = controller
+    config = self.config
+
+    def metric_sums(params, controller_state, batch, deletion, compacted_length):
+      _, sums = objective_lib.compute_loss(
+          module, params, controller_state, batch, None, objective=objective,
+          controller=controller, enable_dropout=False, deletion=deletion,
+          compacted_length=compacted_length)
+      return sums
+
+    def max_kept(params, batch):
+      tokens = batch["encoder_input_tokens"]
+      segment_ids = batch.get("encoder_segment_ids")
+      _, gate, _ = module.apply({"params": params}, tokens, segment_ids, False,
+                                method=module.encode_stage_one)
+      real = objective_lib.real_encoder_mask(tokens, segment_ids)
+      return jnp.max(compaction.count_kept(gate, real, config.deletion_threshold, segment_ids))
+
+    self._sums = jax.jit(metric_sums, static_argnums=(3, 4))
+    self._max_kept = jax.jit(max_kept)
+
+  @property
+  def modes(self) -> tuple[str, ...]:
+    return MODES if self.config.has_gate else ("soft",)
+
+  def hard_length(self, params, batch) -> int:
+    """The bucketed compacted length hard deletion uses for this batch."""
+    length = batch["encoder_input_tokens"].shape[1]
+    kept = int(self._max_kept(params, batch))
+    return bucket_for(self.config, length, max(kept, 1))
+
+  def batch_sums(self, params, controller_state, batch, mode: str) -> dict:
+    if mode not in MODES:
+      raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    with self.partitioner.context():
+      batch = self.partitioner.shard_batch(batch)
+      if mode == "soft":
+        return self._sums(params, controller_state, batch, "soft", None)
+      return self._sums(params, controller_state, batch, "hard", self.hard_length(params, batch))
+
+  def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]]
+                       ) -> dict[str, dict[str, float]]:
+    """{'soft': metrics, 'hard': metrics} over all ``batches`` (hard only with a gate)."""
+    totals: dict[str, Any] = {}
+    count = 0
+    for batch in batches:
+      count += 1
+      for mode in self.modes:
+        sums = self.batch_sums(params, controller_state, batch, mode)
+        totals[mode] = sums if mode not in totals else objective_lib.merge_metric_sums(
+            totals[mode], sums)
+    if not count:
+      raise ValueError("evaluation got no batches (is the eval split empty?)")
+    results = {}
+    for mode, sums in totals.items():
+      sums = dict(sums)
+      for key in _PER_BATCH_MEANS:
+        sums[key] = sums[key] / count
+      metrics = objective_lib.finalize_metrics(sums, controller_state, self.controller)
+      results[mode] = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      results[mode]["num_batches"] = float(count)
+    return results
+
+  def evaluate_dataset(self, params, controller_state, dataset: data_lib.DatasetConfig,
+                       num_batches: Optional[int]) -> dict[str, dict[str, float]]:
+    """Evaluate the first ``num_batches`` batches (None: the whole split, one epoch)."""
+    import itertools
+    host, hosts = jax.process_index(), jax.process_count()
+    ds = data_lib.get_dataset(dataset, shard_id=host, num_shards=hosts)
+    batches = ds.as_numpy_iterator()
+    if num_batches is not None:
+      batches = itertools.islice(batches, num_batches)
+    return self.evaluate_batches(params, controller_state, batches)

@@ -1,0 +1,440 @@
+"""The project's own trainer (no t5x needed): a jitted, sharded train step and the loop.
+
+Train state (a plain pytree, checkpointed as is):
+  {'params': ..., 'opt_state': ..., 'flax_mutables': {'controller': {...}}, 'step': int32}
+
+``Trainer`` owns the module, mesh, optimizer and compiled step; ``train`` (gin)
+runs the loop: resume or initialise (optionally from another checkpoint with a
+fresh gate), log, summarise, evaluate, checkpoint, and stop cleanly on
+interruption.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Mapping, Optional
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mrt5_jax import checkpoints
+from mrt5_jax import controller as controller_lib
+from mrt5_jax import data as data_lib
+from mrt5_jax import objective as objective_lib
+from mrt5_jax import optimizers
+from mrt5_jax import partitioning
+from mrt5_jax import summaries
+from mrt5_jax.config import MrT5Config
+from mrt5_jax.network import Transformer
+
+logger = logging.getLogger("mrt5_jax")
+
+GATE_PATH = ("encoder", "delete_gate")
+
+
+def _flat(tree) -> dict[tuple, Any]:
+  return {tuple(str(getattr(k, "key", k)) for k in path): leaf
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> tuple[Any, list]:
+  """Parameters of ``fresh`` replaced by ``loaded`` wherever the path exists there.
+
+  The delete gate keeps its fresh initialisation when ``reinit_gate`` or when
+  the loaded tree has none (continued pre-training from ByT5). Any other
+  parameter missing from ``loaded``, or of another shape, is an error.
+  Returns (params, the paths kept fresh).
+  """
+  loaded_flat = _flat(loaded)
+  kept_fresh, problems = [], []
+
+  def pick(path, leaf):
+    key = tuple(str(getattr(k, "key", k)) for k in path)
+    is_gate = key[:2] == GATE_PATH
+    if is_gate and (reinit_gate or key not in loaded_flat):
+      kept_fresh.append("/".join(key))
+      return leaf
+    if key not in loaded_flat:
+      problems.append(f"missing {'/'.join(key)}")
+      return leaf
+    value = np.asarray(loaded_flat[key])
+    if value.shape != leaf.shape:
+      problems.append(f"{'/'.join(key)}: checkpoint shape {value.shape}, model {leaf.shape}")
+      return leaf
+    return value.astype(leaf.dtype)
+
+  merged = jax.tree_util.tree_map_with_path(pick, fresh)
+  if problems:
+    raise ValueError("init checkpoint does not fit the model config: " + "; ".join(problems[:10])
+                     + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+  return merged, kept_fresh
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
+  """(B, ...) -> (num, B/num, ...); micro-batch m takes rows m, m+num, ... (spread over shards)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
+class Trainer:
+  """Compiled, sharded train step for one model/optimizer/objective."""
+
+  def __init__(self, config: MrT5Config, *, optimizer: optimizers.OptimizerConfig,
+               objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig(),
+               controller: controller_lib.ControllerConfig = controller_lib.ControllerConfig(),
+               mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+               num_microbatches: int = 1, seed: int = 0, enable_dropout: bool = True,
+               devices=None):
+    if num_microbatches < 1:
+      raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+    self.config = config
+    self.module = Transformer(config)
+    self.optimizer_config = optimizer
+    self.tx = optimizer.build()
+    self.schedule = optimizer.schedule
+    self.objective = objective
+    self.controller = controller
+    self.partitioner = partitioning.Partitioner(mesh, devices)
+    self.num_microbatches = num_microbatches
+    self.seed = seed
+    self.enable_dropout = enable_dropout
+    self._state_shardings = None
+    self._step_fn = None
+
+  # -------------------------------------------------------------------------- state
+
+  def _init_variables(self, rng, input_length: int, target_length: int):
+    enc = jnp.ones((1, input_length), jnp.int32)
+    dec = jnp.ones((1, target_length), jnp.int32)
+    return self.module.init(rng, enc, dec, dec, enable_dropout=False)
+
+  def abstract_variables(self, input_length: int, target_length: int):
+    return jax.eval_shape(lambda rng: self._init_variables(rng, input_length, target_length),
+                          jax.random.PRNGKey(0))
+
+  def state_shardings(self, input_length: int, target_length: int) -> dict:
+    """Shardings of the train state, from the network's logical param axes."""
+    if self._state_shardings is None:
+      abstract = self.abstract_variables(input_length, target_length)
+      param_sh = self.partitioner.param_shardings(abstract["params_axes"])
+      abstract_opt = jax.eval_shape(self.tx.init, abstract["params"])
+      rep = self.partitioner.replicated
+      self._state_shardings = {
+          "params": param_sh,
+          "opt_state": self.partitioner.like_params_shardings(abstract_opt, abstract["params"],
+                                                              param_sh),
+          "flax_mutables": {controller_lib.COLLECTION: jax.tree_util.tree_map(
+              lambda _: rep, controller_lib.init_state(self.controller))},
+          "step": rep,
+      }
+    return self._state_shardings
+
+  def abstract_state(self, input_length: int, target_length: int) -> dict:
+    """ShapeDtypeStructs of the train state (the restore target)."""
+    def make():
+      params = self._init_variables(jax.random.PRNGKey(0), input_length, target_length)["params"]
+      return {"params": params, "opt_state": self.tx.init(params),
+              "flax_mutables": {controller_lib.COLLECTION: controller_lib.init_state(
+                  self.controller)},
+              "step": jnp.zeros((), jnp.int32)}
+    return jax.eval_shape(make)
+
+  def init_state(self, input_length: int, target_length: int, *,
+                 init_params: Optional[Any] = None, reinit_gate: bool = True) -> dict:
+    """A fresh train state placed on the mesh (params from ``init_params`` if given)."""
+    shardings = self.state_shardings(input_length, target_length)
+    rng = jax.random.PRNGKey(self.seed)
+
+    def make(rng):
+      return self._init_variables(rng, input_length, target_length)["params"]
+
+    with self.partitioner.context():
+      params = jax.jit(make, out_shardings=shardings["params"])(rng)
+    del make
+    if init_params is not None:
+      merged, fresh = merge_init_params(jax.device_get(params), init_params,
+                                        reinit_gate=reinit_gate)
+      if fresh:
+        logger.info("freshly initialised: %s", ", ".join(fresh))
+      params = jax.device_put(merged, shardings["params"])
+    with self.partitioner.context():
+      opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "flax_mutables": {controller_lib.COLLECTION: controller_lib.init_state(self.controller)},
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return jax.device_put(state, shardings)
+
+  # -------------------------------------------------------------------------- step
+
+  def _loss_and_grads(self, params, controller_state, batch, rng, normalizers, num_micro):
+    def loss(params, micro, micro_rng):
+      dropout_rng, deletion_rng = jax.random.split(micro_rng)
+      return objective_lib.compute_loss(
+          self.module, params, controller_state, micro,
+          {"dropout": dropout_rng, "deletion": deletion_rng},
+          objective=self.objective, controller=self.controller,
+          enable_dropout=self.enable_dropout, normalizers=normalizers,
+          num_microbatches=num_micro)
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    if num_micro == 1:
+      (_, sums), grads = grad_fn(params, batch, rng)
+      return sums, grads
+    micro = _split_microbatches(batch, num_micro)
+    first = {k: v[0] for k, v in micro.items()}
+    (_, sums0), grads0 = grad_fn(params, first, jax.random.fold_in(rng, 0))
+
+    def body(carry, index):
+      sums, grads = carry
+      mb = {k: jax.lax.dynamic_index_in_dim(v, index, keepdims=False) for k, v in micro.items()}
+      (_, s), g = grad_fn(params, mb, jax.random.fold_in(rng, index))
+      return (objective_lib.merge_metric_sums(sums, s),
+              jax.tree_util.tree_map(jnp.add, grads, g)), None
+
+    (sums, grads), _ = jax.lax.scan(body, (sums0, grads0), jnp.arange(1, num_micro))
+    return sums, grads
+
+  def _train_step(self, state, batch):
+    step = state["step"]
+    rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
+    controller_state = state["flax_mutables"][controller_lib.COLLECTION]
+    normalizers = objective_lib.batch_normalizers(batch, self.objective)
+    sums, grads = self._loss_and_grads(state["params"], controller_state, batch, rng,
+                                       normalizers, self.num_microbatches)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = objective_lib.finalize_metrics(sums, controller_state, self.controller)
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = jnp.asarray(self.schedule(step), jnp.float32)
+    new_controller = controller_lib.update(controller_state, metrics["deletion_rate"],
+                                           self.controller)
+    new_state = {"params": params, "opt_state": opt_state,
+                 "flax_mutables": {controller_lib.COLLECTION: new_controller},
+                 "step": step + 1}
+    return new_state, metrics
+
+  def compiled_step(self, input_length: int, target_length: int):
+    """jax.jit of the train step with explicit in/out shardings (state donated)."""
+    if self._step_fn is None:
+      shardings = self.state_shardings(input_length, target_length)
+      self._step_fn = jax.jit(
+          self._train_step,
+          in_shardings=(shardings, self.partitioner.data_sharding),
+          out_shardings=(shardings, self.partitioner.replicated),
+          donate_argnums=(0,))
+    return self._step_fn
+
+  def train_step(self, state: dict, batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """One optimisation step on a host batch; returns (new state, metrics as arrays)."""
+    global_batch = batch["encoder_input_tokens"].shape[0]
+    if global_batch % (self.num_microbatches * self.partitioner.data_size):
+      raise ValueError(f"batch size {global_batch} must be divisible by num_microbatches "
+                       f"({self.num_microbatches}) x data-parallel size "
+                       f"({self.partitioner.data_size})")
+    step_fn = self.compiled_step(batch["encoder_input_tokens"].shape[1],
+                                 batch["decoder_target_tokens"].shape[1])
+    with self.partitioner.context():
+      return step_fn(state, self.partitioner.shard_batch(batch))
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+@dataclasses.dataclass
+class TrainResult:
+  model_dir: str
+  checkpoint_dir: Optional[str]
+  step: int
+  metrics: dict
+  eval_metrics: dict
+  target_deletion_rate: Optional[float]
+  wall_seconds: float
+  interrupted: bool = False
+
+
+class _StopFlag:
+  """SIGTERM/SIGINT -> finish the current step, checkpoint, exit."""
+
+  def __init__(self):
+    self.stop = False
+    self._previous = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      try:
+        self._previous[sig] = signal.signal(sig, self._handler)
+      except ValueError:  # not the main thread
+        pass
+    return self
+
+  def _handler(self, signum, frame):
+    if self.stop:  # a second signal: give up at once
+      raise KeyboardInterrupt
+    logger.warning("signal %d: stopping after this step and saving a checkpoint", signum)
+    self.stop = True
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _to_host(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
+
+
+@gin.configurable(denylist=["stop_after"])
+def train(*,
+          model_dir: str = gin.REQUIRED,
+          model_config: MrT5Config = gin.REQUIRED,
+          train_dataset: data_lib.DatasetConfig = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          eval_dataset: Optional[data_lib.DatasetConfig] = None,
+          optimizer: optimizers.OptimizerConfig = optimizers.OptimizerConfig(),
+          objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig(),
+          controller: controller_lib.ControllerConfig = controller_lib.ControllerConfig(),
+          mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+          num_microbatches: int = 1,
+          seed: int = 0,
+          enable_dropout: bool = True,
+          log_every: int = 50,
+          checkpoint_every: int = 1000,
+          keep_checkpoints: Optional[int] = None,
+          async_checkpointing: bool = True,
+          eval_every: int = 0,
+          eval_steps: int = 8,
+          init_checkpoint: Optional[str] = None,
+          reinit_gate: bool = True,
+          resume: bool = True,
+          tensorboard: bool = True,
+          stop_after: Optional[int] = None) -> TrainResult:
+  """Train ``model_config`` on ``train_dataset`` for ``train_steps`` steps into ``model_dir``.
+
+  Resumes from the newest checkpoint in ``model_dir`` (params, optimizer,
+  controller, step, data position) unless ``resume=False``; otherwise starts
+  from ``init_checkpoint`` (params only, gate fresh) or from scratch.
+  ``stop_after`` (Python only) ends the run after that many steps of this call,
+  as an interruption would, saving a checkpoint.
+  """
+  start_time = time.time()
+  model_dir = os.path.abspath(os.path.expanduser(model_dir))
+  os.makedirs(model_dir, exist_ok=True)
+  checkpoints.write_config(model_dir, model_config)
+  with open(os.path.join(model_dir, "config.gin"), "w") as f:
+    f.write(gin.config_str())
+
+  trainer = Trainer(model_config, optimizer=optimizer, objective=objective, controller=controller,
+                    mesh=mesh, num_microbatches=num_microbatches, seed=seed,
+                    enable_dropout=enable_dropout)
+  lengths = data_lib.resolve_feature_lengths(train_dataset)
+  num_hosts, host = jax.process_count(), jax.process_index()
+  input_length = lengths["inputs"]
+  target_length = lengths["targets"]
+  shardings = trainer.state_shardings(input_length, target_length)
+
+  mngr = checkpoints.manager(model_dir, max_to_keep=keep_checkpoints,
+                             async_save=async_checkpointing)
+  latest = mngr.latest_step() if resume else None
+  batches_consumed = 0
+  if latest is not None:
+    target = trainer.abstract_state(input_length, target_length)
+    state, data_state = checkpoints.restore(mngr, latest, target, shardings)
+    state = jax.device_put(state, shardings)
+    batches_consumed = int((data_state or {}).get("batches_consumed", int(state["step"])))
+    logger.info("resumed from %s at step %d", checkpoints.checkpoint_dir(model_dir), latest)
+  else:
+    init_params = None
+    if init_checkpoint:
+      init_params = checkpoints.restore_params(init_checkpoint)
+      logger.info("initialised from %s", init_checkpoint)
+    state = trainer.init_state(input_length, target_length, init_params=init_params,
+                               reinit_gate=reinit_gate)
+  step = int(state["step"])
+
+  writer = summaries.SummaryWriter(model_dir, enabled=tensorboard and host == 0)
+  train_iter = data_lib.BatchIterator(train_dataset, shard_id=host, num_shards=num_hosts,
+                                      batches_consumed=batches_consumed)
+  evaluator = None
+  if eval_dataset is not None and eval_every > 0:
+    from mrt5_jax import evaluation
+    evaluator = evaluation.Evaluator(trainer.module, trainer.partitioner, objective, controller)
+
+  target_rate = controller.target_deletion_rate if model_config.has_gate else None
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
+  logger.info("model %s params, mesh %s, batch %d x %d, steps %d -> %d", f"{n_params:,}",
+              dict(trainer.partitioner.mesh.shape), train_dataset.batch_size, input_length,
+              step, train_steps)
+
+  metrics_host: dict = {}
+  eval_metrics: dict = {}
+  last_saved = step if latest is not None else None
+  interrupted = False
+  window_start, window_examples = time.time(), 0
+  steps_this_call = 0
+
+  def save(current_step):
+    nonlocal last_saved
+    if last_saved == current_step:
+      return
+    checkpoints.save(mngr, current_step, state, train_iter.state())
+    last_saved = current_step
+
+  with _StopFlag() as stop:
+    try:
+      while step < train_steps:
+        try:
+          batch = next(train_iter)
+        except StopIteration:
+          logger.warning("train dataset exhausted at step %d", step)
+          break
+        state, metrics = trainer.train_step(state, batch)
+        step += 1
+        steps_this_call += 1
+        window_examples += train_dataset.batch_size
+        if step % log_every == 0 or step == train_steps:
+          metrics_host = _to_host(metrics)
+          elapsed = max(time.time() - window_start, 1e-9)
+          rate = window_examples / elapsed
+          metrics_host["examples_per_second"] = rate
+          logger.info(summaries.progress_line(step, train_steps, metrics_host, rate,
+                                              target_rate))
+          writer.scalars("train", step, metrics_host)
+          window_start, window_examples = time.time(), 0
+        if evaluator is not None and (step % eval_every == 0 or step == train_steps):
+          eval_metrics = evaluator.evaluate_dataset(
+              state["params"], state["flax_mutables"][controller_lib.COLLECTION],
+              eval_dataset, eval_steps)
+          for mode, values in eval_metrics.items():
+            writer.scalars(f"eval_{mode}", step, values)
+            logger.info("eval %s @%d: %s", mode, step, summaries.eval_line(values))
+        if step % checkpoint_every == 0:
+          save(step)
+        if stop.stop or (stop_after is not None and steps_this_call >= stop_after):
+          interrupted = stop.stop or step < train_steps
+          break
+    except KeyboardInterrupt:
+      interrupted = True
+      logger.warning("interrupted at step %d; saving a checkpoint", step)
+    finally:
+      save(step)
+      mngr.wait_until_finished()
+      mngr.close()
+      writer.close()
+
+  if not metrics_host and steps_this_call:
+    metrics_host = _to_host(metrics)
+  ckpt = os.path.join(checkpoints.checkpoint_dir(model_dir), str(step))
+  return TrainResult(model_dir=model_dir, checkpoint_dir=ckpt, step=step, metrics=metrics_host,
+                     eval_metrics=eval_metrics, target_deletion_rate=target_rate,
+                     wall_seconds=time.time() - start_time, interrupted=interrupted)
