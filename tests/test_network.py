@@ -168,3 +168,18 @@ def test_empty_and_malformed_inputs_are_refused():
     module.apply({"params": params}, np.zeros((4,), np.int32), method=module.encode)
   with pytest.raises(ValueError, match="deletion must be"):
     module.apply({"params": params}, random_batch()[0], deletion="maybe", method=module.encode)
+
+
+def test_bfloat16_activations_give_float32_logits_close_to_float32():
+  batch = random_batch()
+  module, params = init_params(tiny_config(), batch)
+  reference = module.apply({"params": params}, *batch, enable_dropout=False)
+  half = Transformer(tiny_config(dtype="bfloat16"))
+  for deletion in ("soft", "hard"):
+    logits = half.apply({"params": params}, *batch, enable_dropout=False, deletion=deletion,
+                        compacted_length=24)
+    assert logits.dtype == jnp.float32
+    assert np.all(np.isfinite(np.asarray(logits)))
+  logits = half.apply({"params": params}, *batch, enable_dropout=False)
+  scale = float(jnp.abs(reference).max())
+  assert float(jnp.abs(logits - reference).max()) < 0.1 * scale
