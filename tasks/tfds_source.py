@@ -113,8 +113,12 @@ class PreparedTfdsDataSource(seqio.TfdsDataSource):
   def tfds_dataset(self) -> seqio.utils.LazyTfdsLoader:
     key = (self._tfds_name_fn(), self._data_dir_fn())
     if key not in self._loaders:
+      # With seqio's global override set, the loader applies it itself (and
+      # warns when an explicit data_dir is also given).
+      overridden = getattr(seqio.utils, "_TFDS_DATA_DIR_OVERRIDE", None)
       self._loaders[key] = seqio.utils.LazyTfdsLoader(
-          key[0], data_dir=key[1], split_map=self._split_map, read_only=True)
+          key[0], data_dir=None if overridden else key[1],
+          split_map=self._split_map, read_only=True)
     return self._loaders[key]
 
   def check_prepared(self, split: str) -> None:
