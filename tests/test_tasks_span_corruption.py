@@ -6,7 +6,6 @@ import seqio
 import tensorflow as tf
 
 import mrt5_jax.tasks as tasks
-from mrt5_jax.tasks import lengths
 from mrt5_jax.tasks import span_corruption
 
 FIRST_SENTINEL = 258  # top id of seqio's 259-id ByteVocabulary (byte 0xFF)
