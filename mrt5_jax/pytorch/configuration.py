@@ -49,14 +49,14 @@ class MrT5Config(T5Config):
     # keeps lm_head separate (see MrT5ForConditionalGeneration) and never
     # rescales the decoder output.
     self.scale_decoder_outputs = False
+    self._check_gate()
 
   @property
   def has_gate(self) -> bool:
     return self.deletion_type != "none"
 
-  def validate_architecture(self):
-    """Reject gate settings the model cannot run (called by the strict dataclass)."""
-    super().validate_architecture()
+  def _check_gate(self):
+    """ValueError for gate settings the model cannot run."""
     if self.deletion_type not in DELETION_TYPES:
       raise ValueError(f"deletion_type must be one of {DELETION_TYPES}, "
                        f"got {self.deletion_type!r}")

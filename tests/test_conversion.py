@@ -1,0 +1,333 @@
+"""Checkpoint conversion: mapping round trips, checkpoint layouts, folders, bad inputs, CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import ml_dtypes
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from mrt5_jax.cli import convert as cli
+from mrt5_jax.config import preset
+from mrt5_jax.conversion import checkpoints, configs, convert, folders, mapping
+from mrt5_jax.network import Transformer
+
+GATED = preset("tiny", delete_gate_layer=2, use_softmax1=True)
+PLAIN = preset("tiny", deletion_type="none")
+
+
+def init_params(config, seed=0):
+  """Params of ``Transformer(config).init``."""
+  tokens = np.full((1, 8), 5, np.int32)
+  init = jax.jit(lambda rng: Transformer(config).init(rng, tokens, tokens, tokens,
+                                                      enable_dropout=False))
+  return jax.tree_util.tree_map(np.asarray, init(jax.random.PRNGKey(seed))["params"])
+
+
+def random_params(config, seed=0):
+  """The network's param tree (shapes traced from its init) filled with N(0, 1) numbers."""
+  tokens = np.full((1, 8), 5, np.int32)
+  shapes = jax.eval_shape(lambda: Transformer(config).init(
+      jax.random.PRNGKey(0), tokens, tokens, tokens, enable_dropout=False))["params"]
+  rng = np.random.RandomState(seed)
+  return jax.tree_util.tree_map(lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)
+
+
+@pytest.fixture(scope="module")
+def gated_params():
+  return init_params(GATED)
+
+
+@pytest.fixture(scope="module")
+def plain_params():
+  return random_params(PLAIN, seed=1)
+
+
+def write_project(model_dir, params, config, step):
+  """A trainer-style step: <model_dir>/checkpoints/<step>/state/{params, opt_state, step}."""
+  state = {"params": params, "opt_state": jax.tree_util.tree_map(np.zeros_like, params),
+           "step": np.int64(step)}
+  ocp.PyTreeCheckpointer().save(os.path.join(model_dir, "checkpoints", str(step), "state"), state)
+  with open(os.path.join(model_dir, "model_config.json"), "w") as f:
+    f.write(config.to_json())
+
+
+def write_t5x(model_dir, params, step):
+  """t5x's orbax layout: <model_dir>/checkpoint_<step>/ with {'target': params, 'state': ...}."""
+  tree = {"target": params, "state": {"step": np.int32(step)}}
+  ocp.PyTreeCheckpointer().save(os.path.join(model_dir, f"checkpoint_{step}"), tree)
+
+
+def assert_trees_equal(a, b):
+  flat_a, flat_b = mapping.flatten(a), mapping.flatten(b)
+  assert sorted(flat_a) == sorted(flat_b)
+  for path, value in flat_a.items():
+    other = np.asarray(flat_b[path])
+    assert other.dtype == np.float32, path
+    assert np.array_equal(np.asarray(value), other), path
+
+
+def leftovers(parent, name):
+  return [entry for entry in os.listdir(parent) if entry.startswith(f".{name}.")]
+
+
+def test_mapping_round_trip_is_bit_identical(gated_params):
+  state_dict = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  assert_trees_equal(gated_params, mapping.hf_state_dict_to_jax(state_dict, GATED))
+
+
+def test_state_dict_names_and_layout(gated_params):
+  sd = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  flat = mapping.flatten(gated_params)
+  gate = "encoder.block.2.delete_gate"
+  assert sd[f"{gate}.feed_forward.weight"].shape == (1, 64)
+  assert sd[f"{gate}.feed_forward.bias"].shape == (1,)
+  assert np.array_equal(sd[f"{gate}.layer_norm.weight"],
+                        flat[("encoder", "delete_gate", "layer_norm", "scale")])
+  relpos = sd["encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight"]
+  assert relpos.shape == (32, 4)
+  assert np.array_equal(relpos, flat[("encoder", "relpos_bias", "rel_embedding")].T)
+  query = flat[("decoder", "layers_1", "encoder_decoder_attention", "query", "kernel")]
+  assert np.array_equal(sd["decoder.block.1.layer.1.EncDecAttention.q.weight"], query.T)
+  assert np.array_equal(sd["lm_head.weight"], flat[("decoder", "logits_dense", "kernel")].T)
+  assert np.array_equal(sd["shared.weight"], flat[("token_embedder", "embedding")])
+  assert not any(name.startswith("encoder.block.2.delete_gate") for name in
+                 mapping.jax_to_hf_state_dict(random_params(PLAIN), PLAIN))
+
+
+def test_state_dict_matches_transformers_models(gated_params, plain_params):
+  """Names and shapes equal those of the instantiated torch models (less tied copies)."""
+  torch = pytest.importorskip("torch")
+  import transformers
+  import mrt5_jax.pytorch as mrt5_torch
+  for config, params in ((GATED, gated_params), (PLAIN, plain_params)):
+    hf = configs.to_hf_config(config)
+    settings = {k: v for k, v in hf.items() if k not in ("architectures", "model_type", "dtype")}
+    if hf["model_type"] == "mrt5":
+      model = mrt5_torch.MrT5ForConditionalGeneration(mrt5_torch.MrT5Config(**settings))
+    else:
+      model = transformers.T5ForConditionalGeneration(transformers.T5Config(**settings))
+    expected = {name: tuple(value.shape) for name, value in model.state_dict().items()
+                if name not in mapping.TIED_EMBEDDINGS}
+    sd = mapping.jax_to_hf_state_dict(params, config)
+    assert {name: value.shape for name, value in sd.items()} == expected
+    assert isinstance(model, torch.nn.Module)
+
+
+def test_config_round_trip():
+  for config in (GATED, PLAIN, preset("tiny", deletion_type="none", use_softmax1=True),
+                 preset("small", sigmoid_mask_scale=-10.0, deletion_threshold=-2.0)):
+    hf = configs.to_hf_config(config)
+    back = configs.from_hf_config(json.loads(json.dumps(hf)))
+    for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",
+                  "num_decoder_layers", "deletion_type", "use_softmax1", "layer_norm_epsilon"):
+      assert getattr(back, field) == getattr(config, field), field
+    if config.has_gate:
+      for key in configs.GATE_KEYS:
+        assert getattr(back, key) == getattr(config, key), key
+  hf = configs.to_hf_config(GATED)
+  assert hf["model_type"] == "mrt5" and hf["delete_gate_layer"] == 2 and hf["use_softmax1"]
+  assert hf["has_absolute_position_embeddings"] is False and hf["tie_word_embeddings"] is False
+  assert (hf["decoder_start_token_id"], hf["pad_token_id"], hf["eos_token_id"]) == (0, 0, 1)
+  assert configs.to_hf_config(PLAIN)["model_type"] == "t5"
+  assert "delete_gate_layer" not in configs.to_hf_config(PLAIN)
+
+
+def test_from_hf_config_refuses_unsupported():
+  hf = configs.to_hf_config(PLAIN)
+  for change, message in ((dict(feed_forward_proj="relu"), "gated-gelu"),
+                          (dict(tie_word_embeddings=True), "tie_word_embeddings"),
+                          (dict(model_type="bart"), "model_type"),
+                          (dict(model_type="mrt5", deletion_type="log_sigmoid"), "log_sigmoid")):
+    with pytest.raises(ValueError, match=message):
+      configs.from_hf_config({**hf, **change})
+
+
+def test_infer_config_from_shapes(gated_params, plain_params):
+  config = configs.infer_config(gated_params, delete_gate_layer=2, use_softmax1=True)
+  for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",
+                "num_decoder_layers", "deletion_type", "gate_layer_norm", "delete_gate_layer"):
+    assert getattr(config, field) == getattr(GATED, field), field
+  assert configs.infer_config(plain_params).deletion_type == "none"
+  with pytest.raises(ValueError, match="contradicts"):
+    configs.infer_config(gated_params, deletion_type="none")
+
+
+def test_project_checkpoint_to_pytorch_and_back(tmp_path, gated_params):
+  model_dir = tmp_path / "run"
+  older = jax.tree_util.tree_map(lambda x: x + 1.0, gated_params)
+  write_project(str(model_dir), older, GATED, step=100)
+  write_project(str(model_dir), gated_params, GATED, step=200)
+  out = tmp_path / "hf"
+  summary = convert.to_pytorch(str(model_dir), str(out))
+  assert summary["layout"] == "project" and summary["step"] == 200
+  assert sorted(os.listdir(out)) == ["config.json", "model.safetensors", "tokenizer_config.json"]
+  hf = json.load(open(out / "config.json"))
+  assert hf["model_type"] == "mrt5" and hf["architectures"] == ["MrT5ForConditionalGeneration"]
+  tensors = load_file(str(out / "model.safetensors"))
+  assert all(value.dtype == np.float32 for value in tensors.values())
+  assert "encoder.block.2.delete_gate.feed_forward.weight" in tensors
+
+  back = tmp_path / "back"
+  convert.from_pytorch(str(out), str(back))
+  restored = checkpoints.read_checkpoint(str(back))
+  assert restored.layout == "project" and restored.step == 0
+  assert restored.config == GATED.replace(dropout_rate=restored.config.dropout_rate)
+  assert_trees_equal(gated_params, restored.params)
+
+  step_100 = tmp_path / "hf100"
+  convert.to_pytorch(str(model_dir / "checkpoints" / "100"), str(step_100))
+  first = load_file(str(step_100 / "model.safetensors"))["shared.weight"]
+  assert np.array_equal(first, tensors["shared.weight"] + 1.0)
+
+
+def test_t5x_layout_converts(tmp_path, gated_params, plain_params):
+  write_t5x(str(tmp_path / "t5x_gated"), gated_params, step=1000)
+  out = tmp_path / "hf"
+  summary = convert.to_pytorch(str(tmp_path / "t5x_gated"), str(out), delete_gate_layer=2,
+                               use_softmax1=True)
+  assert summary["layout"] == "t5x" and summary["step"] == 1000
+  hf = json.load(open(out / "config.json"))
+  assert (hf["model_type"], hf["delete_gate_layer"], hf["use_softmax1"]) == ("mrt5", 2, True)
+  assert (hf["d_model"], hf["d_kv"], hf["num_heads"], hf["num_layers"]) == (64, 16, 4, 4)
+  expected = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  tensors = load_file(str(out / "model.safetensors"))
+  assert sorted(tensors) == sorted(expected)
+  assert all(np.array_equal(tensors[name], expected[name]) for name in expected)
+
+  write_t5x(str(tmp_path / "t5x_plain"), plain_params, step=7)
+  plain_out = tmp_path / "hf_plain"
+  convert.to_pytorch(str(tmp_path / "t5x_plain" / "checkpoint_7"), str(plain_out))
+  assert json.load(open(plain_out / "config.json"))["model_type"] == "t5"
+
+
+def test_bfloat16_output(tmp_path, plain_params):
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=1)
+  convert.to_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "hf"), dtype="bfloat16")
+  tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  expected = mapping.jax_to_hf_state_dict(plain_params, PLAIN)
+  for name, value in tensors.items():
+    assert value.dtype == ml_dtypes.bfloat16, name
+    assert np.array_equal(value, expected[name].astype(ml_dtypes.bfloat16)), name
+  assert json.load(open(tmp_path / "hf" / "config.json"))["dtype"] == "bfloat16"
+
+
+def test_truncated_safetensors_is_refused(tmp_path, plain_params):
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=1)
+  convert.to_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
+  weights = tmp_path / "hf" / "model.safetensors"
+  data = weights.read_bytes()
+  weights.write_bytes(data[:len(data) // 2])
+  with pytest.raises(ValueError, match="model.safetensors"):
+    convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists() and not leftovers(tmp_path, "out")
+
+
+def test_wrong_shape_tensor_is_refused(tmp_path, gated_params):
+  write_project(str(tmp_path / "run"), gated_params, GATED, step=1)
+  convert.to_pytorch(str(tmp_path / "run"), str(tmp_path / "hf"))
+  weights = str(tmp_path / "hf" / "model.safetensors")
+  tensors = load_file(weights)
+  name = "decoder.block.1.layer.0.SelfAttention.k.weight"
+  tensors[name] = tensors[name][:, :32].copy()
+  save_file(tensors, weights, metadata={"format": "pt"})
+  with pytest.raises(ValueError, match=name.replace(".", r"\.") + r".*\(64, 32\).*\(64, 64\)"):
+    convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists() and not leftovers(tmp_path, "out")
+
+  bad = jax.tree_util.tree_map(lambda x: x, gated_params)
+  bad["encoder"]["layers_3"]["mlp"]["wo"]["kernel"] = np.zeros((64, 64), np.float32)
+  write_project(str(tmp_path / "bad_run"), bad, GATED, step=1)
+  with pytest.raises(ValueError, match="encoder/layers_3/mlp/wo/kernel"):
+    convert.to_pytorch(str(tmp_path / "bad_run"), str(tmp_path / "hf_bad"))
+  assert not (tmp_path / "hf_bad").exists() and not leftovers(tmp_path, "hf_bad")
+
+
+def test_missing_gate_is_refused(tmp_path, plain_params):
+  """A gated config over gate-less weights names the missing gate tensor."""
+  write_project(str(tmp_path / "run"), plain_params, GATED, step=1)
+  with pytest.raises(ValueError, match="encoder/delete_gate"):
+    convert.to_pytorch(str(tmp_path / "run"), str(tmp_path / "hf"))
+  write_t5x(str(tmp_path / "t5x"), plain_params, step=1)
+  convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"))
+  hf = json.load(open(tmp_path / "hf" / "config.json"))
+  hf.update(configs.to_hf_config(GATED))
+  json.dump(hf, open(tmp_path / "hf" / "config.json", "w"))
+  with pytest.raises(ValueError, match=r"encoder\.block\.2\.delete_gate\.\w+\.weight"):
+    convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "out"))
+  assert not (tmp_path / "out").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(tmp_path, plain_params):
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=1)
+  out = tmp_path / "hf"
+  out.mkdir()
+  (out / "keep.txt").write_text("precious")
+  with pytest.raises(ValueError, match="already exists"):
+    convert.to_pytorch(str(tmp_path / "ckpt"), str(out))
+  assert os.listdir(out) == ["keep.txt"]
+  convert.to_pytorch(str(tmp_path / "ckpt"), str(out), overwrite=True)
+  assert "keep.txt" not in os.listdir(out) and "model.safetensors" in os.listdir(out)
+  with pytest.raises(ValueError, match="already exists"):
+    convert.from_pytorch(str(out), str(out))
+  assert not leftovers(tmp_path, "hf")
+
+
+def test_failure_while_writing_leaves_nothing(tmp_path, plain_params, monkeypatch):
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=1)
+
+  def write_then_fail(directory, config, state_dict):
+    open(os.path.join(directory, "config.json"), "w").write("{}")
+    raise OSError("disk full")
+
+  monkeypatch.setattr(folders, "write_hf_folder", write_then_fail)
+  with pytest.raises(OSError, match="disk full"):
+    convert.to_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists() and not leftovers(tmp_path, "hf")
+
+
+def test_unknown_layout_and_step_are_refused(tmp_path, plain_params):
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(ValueError, match="unknown checkpoint layout"):
+    convert.to_pytorch(str(tmp_path / "empty"), str(tmp_path / "hf"))
+  with pytest.raises(ValueError, match="does not exist"):
+    convert.to_pytorch(str(tmp_path / "nowhere"), str(tmp_path / "hf"))
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=5)
+  with pytest.raises(ValueError, match=r"no step 6.*\[5\]"):
+    convert.to_pytorch(str(tmp_path / "ckpt"), str(tmp_path / "hf"), step=6)
+  (tmp_path / "odd" / "checkpoint_3").mkdir(parents=True)
+  with pytest.raises(ValueError, match="no orbax pytree"):
+    convert.to_pytorch(str(tmp_path / "odd"), str(tmp_path / "hf"))
+  (tmp_path / "hf_folder").mkdir()
+  with pytest.raises(ValueError, match="config.json"):
+    convert.from_pytorch(str(tmp_path / "hf_folder"), str(tmp_path / "out"))
+  assert not (tmp_path / "hf").exists() and not (tmp_path / "out").exists()
+
+
+def test_gate_options_conflict_with_model_config(tmp_path, gated_params):
+  write_project(str(tmp_path / "run"), gated_params, GATED, step=1)
+  with pytest.raises(ValueError, match="model_config.json"):
+    convert.to_pytorch(str(tmp_path / "run"), str(tmp_path / "hf"), delete_gate_layer=3)
+
+
+def test_cli(tmp_path, plain_params, capsys):
+  write_t5x(str(tmp_path / "ckpt"), plain_params, step=3)
+  assert cli.main(["to-pytorch", "--checkpoint", str(tmp_path / "ckpt"), "--output",
+                   str(tmp_path / "hf"), "--dtype", "bfloat16"]) == 0
+  assert json.loads(capsys.readouterr().out)["step"] == 3
+  assert cli.main(["from-pytorch", "--model", str(tmp_path / "hf"), "--output",
+                   str(tmp_path / "back")]) == 0
+  assert checkpoints.read_checkpoint(str(tmp_path / "back")).config.deletion_type == "none"
+  assert cli.main(["from-pytorch", "--model", str(tmp_path / "hf"), "--output",
+                   str(tmp_path / "back")]) == 2
+  assert "already exists" in capsys.readouterr().err
+
+
+def test_module_entry_point():
+  result = subprocess.run([sys.executable, "-m", "mrt5_jax.cli.convert", "to-pytorch", "--help"],
+                          capture_output=True, text=True, check=True)
+  assert "--checkpoint" in result.stdout and "--delete_gate_layer" in result.stdout
