@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -90,8 +91,11 @@ class Partitioner:
   @contextlib.contextmanager
   def context(self):
     """Mesh plus logical-axis rules, so the network's sharding constraints apply."""
-    with self.mesh, nn_partitioning.axis_rules(self.rules):
-      yield
+    with warnings.catch_warnings():
+      # flax's logical constraints read the legacy ``with mesh:`` context.
+      warnings.filterwarnings("ignore", message=".*context manager has been deprecated.*")
+      with self.mesh, nn_partitioning.axis_rules(self.rules):
+        yield
 
   def logical_specs(self, params_axes: Mapping[str, Any]) -> Any:
     """The ``params_axes`` collection -> tree of logical PartitionSpecs."""

@@ -216,7 +216,7 @@ class Trainer:
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     metrics = objective_lib.finalize_metrics(sums, controller_state, self.controller)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(self.schedule(step), jnp.float32)
     new_controller = controller_lib.update(controller_state, metrics["deletion_rate"],
                                            self.controller)
@@ -262,6 +262,7 @@ class TrainResult:
   target_deletion_rate: Optional[float]
   wall_seconds: float
   interrupted: bool = False
+  history: list = dataclasses.field(default_factory=list)
 
 
 class _StopFlag:
@@ -382,6 +383,7 @@ def train(*,
   interrupted = False
   window_start, window_examples = time.time(), 0
   steps_this_call = 0
+  history: list = []
 
   def save(current_step):
     nonlocal last_saved
@@ -407,6 +409,8 @@ def train(*,
           elapsed = max(time.time() - window_start, 1e-9)
           rate = window_examples / elapsed
           metrics_host["examples_per_second"] = rate
+          metrics_host["step"] = step
+          history.append(metrics_host)
           logger.info(summaries.progress_line(step, train_steps, metrics_host, rate,
                                               target_rate))
           writer.scalars("train", step, metrics_host)
@@ -437,4 +441,5 @@ def train(*,
   ckpt = os.path.join(checkpoints.checkpoint_dir(model_dir), str(step))
   return TrainResult(model_dir=model_dir, checkpoint_dir=ckpt, step=step, metrics=metrics_host,
                      eval_metrics=eval_metrics, target_deletion_rate=target_rate,
-                     wall_seconds=time.time() - start_time, interrupted=interrupted)
+                     wall_seconds=time.time() - start_time, interrupted=interrupted,
+                     history=history)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_batch
+from tests.conftest import make_batch
 from mrt5_jax import controller as ctl
 from mrt5_jax import objective as obj
 
