@@ -1,7 +1,9 @@
 """Length arithmetic of span corruption (the T5 ``random_spans_helper`` rule).
 
 A raw chunk of ``n`` tokens has ``round(n * noise_density)`` noise tokens in
-``round(noise / mean_noise_span_length)`` spans. The corrupted inputs keep the
+``round(noise / mean_noise_span_length)`` spans (clamped to at least one noise
+token and one span, as the noise mask does, which only matters for tiny
+lengths where T5's helper would undercount). The corrupted inputs keep the
 non-noise tokens plus one sentinel per span plus EOS; the targets hold the
 noise tokens plus one sentinel per span plus EOS. Rounding is Python's
 (half to even on float64), the same as the TF noise mask uses.
@@ -24,15 +26,26 @@ def validate_noise_settings(noise_density: float,
 
 def noise_counts(raw_length: int, noise_density: float,
                  mean_noise_span_length: float) -> Tuple[int, int]:
-  """(noise tokens, noise spans) of a raw chunk, before any clamping."""
-  num_noise = int(round(raw_length * noise_density))
+  """(noise tokens, noise spans) of a raw chunk, clamped as the mask clamps.
+
+  At least one noise and one non-noise token and 1 <= spans <= either count
+  (chunks shorter than 2 tokens get no noise); for ordinary lengths this is
+  T5's unclamped arithmetic.
+  """
+  if raw_length < 2:
+    return 0, 0
+  num_noise = min(max(int(round(raw_length * noise_density)), 1),
+                  raw_length - 1)
   num_spans = int(round(num_noise / mean_noise_span_length))
+  num_spans = min(max(num_spans, 1), num_noise, raw_length - num_noise)
   return num_noise, num_spans
 
 
 def corrupted_lengths(raw_length: int, noise_density: float,
                       mean_noise_span_length: float) -> Tuple[int, int]:
   """(inputs, targets) lengths, EOS included, of a corrupted raw chunk."""
+  if raw_length < 2:  # the token stays; targets hold one sentinel
+    return raw_length + 1, raw_length + 1
   num_noise, num_spans = noise_counts(raw_length, noise_density,
                                       mean_noise_span_length)
   return (raw_length - num_noise + num_spans + 1, num_noise + num_spans + 1)

@@ -98,6 +98,23 @@ def test_raw_chunk_gives_exact_lengths_and_reconstructs():
     assert ex["targets"][0] == FIRST_SENTINEL
 
 
+@pytest.mark.parametrize("inputs_length,density,mean_span", [
+    (8, 0.15, 20.0), (16, 0.15, 20.0), (40, 0.15, 20.0), (64, 0.15, 20.0),
+    (100, 0.5, 3.0), (333, 0.15, 3.0), (64, 0.3, 1.0), (2048, 0.15, 20.0)])
+def test_arithmetic_matches_the_corrupted_lengths(inputs_length, density,
+                                                  mean_span):
+  raw, targets_length = tasks.span_corruption_lengths(inputs_length, density,
+                                                      mean_span)
+  rng = np.random.default_rng(inputs_length)
+  chunks = [rng.integers(3, 100, size=raw) for _ in range(3)]
+  for chunk, ex in zip(chunks, _corrupt_raw_chunks(chunks, 1, density,
+                                                   mean_span)):
+    assert len(ex["inputs"]) + 1 == inputs_length  # + EOS
+    assert len(ex["targets"]) + 1 == targets_length
+    np.testing.assert_array_equal(
+        reconstruct(ex["inputs"], ex["targets"], max_data_id=100), chunk)
+
+
 def test_noise_density_and_span_length_statistics():
   rng = np.random.default_rng(1)
   sizes = rng.integers(200, 3000, size=300)
