@@ -62,6 +62,34 @@ def write_t5x(model_dir, params, step):
   ocp.PyTreeCheckpointer().save(os.path.join(model_dir, f"checkpoint_{step}"), tree)
 
 
+def write_t5x_msgpack(model_dir, params, step):
+  """t5x's own format: checkpoint_<step>/checkpoint (msgpack) with 2-D arrays as zarr stores.
+
+  The embedding is stored bfloat16 (t5x may save that dtype); the rest float32.
+  """
+  import tensorstore as ts
+  from flax import serialization
+  step_dir = os.path.join(model_dir, f"checkpoint_{step}")
+  os.makedirs(step_dir)
+
+  def store(path, value):
+    if value.ndim < 2:
+      return value
+    name = "target." + ".".join(entry.key for entry in path)
+    dtype = "bfloat16" if name.endswith("token_embedder.embedding") else "float32"
+    spec = {"driver": "zarr", "dtype": dtype, "kvstore": {"driver": "file", "path": name},
+            "metadata": {"compressor": {"id": "gzip"}, "shape": list(value.shape),
+                         "chunks": list(value.shape)}}
+    absolute = dict(spec, kvstore={"driver": "file", "path": os.path.join(step_dir, name)})
+    ts.open(absolute, create=True).result().write(value.astype(dtype)).result()
+    return spec
+
+  target = jax.tree_util.tree_map_with_path(store, params)
+  contents = {"version": 3, "optimizer": {"target": target, "state": {"step": np.int32(step)}}}
+  with open(os.path.join(step_dir, "checkpoint"), "wb") as f:
+    f.write(serialization.msgpack_serialize(contents))
+
+
 def assert_trees_equal(a, b):
   flat_a, flat_b = mapping.flatten(a), mapping.flatten(b)
   assert sorted(flat_a) == sorted(flat_b)
@@ -203,6 +231,23 @@ def test_t5x_layout_converts(tmp_path, gated_params, plain_params):
   plain_out = tmp_path / "hf_plain"
   convert.to_pytorch(str(tmp_path / "t5x_plain" / "checkpoint_7"), str(plain_out))
   assert json.load(open(plain_out / "config.json"))["model_type"] == "t5"
+
+
+def test_t5x_msgpack_tensorstore_format_converts(tmp_path, gated_params):
+  write_t5x_msgpack(str(tmp_path / "t5x"), gated_params, step=20)
+  summary = convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), delete_gate_layer=2,
+                               use_softmax1=True)
+  assert summary["layout"] == "t5x" and summary["step"] == 20
+  expected = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  expected["shared.weight"] = expected["shared.weight"].astype(ml_dtypes.bfloat16).astype(
+      np.float32)
+  tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert sorted(tensors) == sorted(expected)
+  assert all(np.array_equal(tensors[name], expected[name]) for name in expected)
+  os.remove(tmp_path / "t5x" / "checkpoint_20" / "target.decoder.logits_dense.kernel" / ".zarray")
+  with pytest.raises(ValueError, match="target.decoder.logits_dense.kernel"):
+    convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf2"), delete_gate_layer=2)
+  assert not (tmp_path / "hf2").exists()
 
 
 def test_bfloat16_output(tmp_path, plain_params):

@@ -4,7 +4,9 @@ Layouts:
   project: ``<model_dir>/checkpoints/<step>/`` holding the train state (params
     under ``params``), plus ``<model_dir>/model_config.json``.
   t5x: ``<model_dir>/checkpoint_<step>/`` holding ``{'target': params,
-    'state': ...}``, no model config.
+    'state': ...}``, no model config; either an orbax pytree or t5x's own
+    format (a msgpack file ``checkpoint`` whose large arrays are TensorStore
+    specs of zarr arrays beside it).
 A step directory may hold the pytree itself or one item sub-directory (as
 orbax's CheckpointManager writes). Only the params are restored, as NumPy.
 """
@@ -24,6 +26,7 @@ MODEL_CONFIG_FILE = "model_config.json"
 PROJECT_DIR = "checkpoints"
 T5X_STEP = re.compile(r"^checkpoint_(\d+)$")
 PYTREE_METADATA = "_METADATA"
+T5X_MSGPACK = "checkpoint"
 PARAMS_KEYS = {"project": "params", "t5x": "target"}
 
 
@@ -99,9 +102,45 @@ def _pytree_dir(step_dir: str) -> str:
                    "holds the params")
 
 
+def _is_tensorstore_spec(value: Any) -> bool:
+  return isinstance(value, dict) and {"driver", "kvstore"} <= set(value)
+
+
+def _read_tensorstore(spec: dict, step_dir: str) -> np.ndarray:
+  """Read one zarr array of a t5x msgpack checkpoint; its path is relative to the step dir."""
+  import tensorstore as ts
+  spec = dict(spec)
+  relative = spec["kvstore"].get("path") or spec.pop("path", None)
+  if relative is None:
+    raise ValueError(f"TensorStore spec without a path in {step_dir!r}: {spec}")
+  spec["kvstore"] = {"driver": "file", "path": os.path.join(step_dir, relative)}
+  try:
+    return ts.open(spec, open=True).result().read().result()
+  except Exception as error:  # tensorstore raises ValueError / its own status errors
+    raise ValueError(f"cannot read array {relative!r} of t5x checkpoint {step_dir!r}: "
+                     f"{error}") from error
+
+
+def _restore_t5x_msgpack(step_dir: str) -> dict:
+  """Params of t5x's msgpack + TensorStore format: ``{'optimizer': {'target': ...}}``."""
+  from flax import serialization
+  with open(os.path.join(step_dir, T5X_MSGPACK), "rb") as f:
+    contents = serialization.msgpack_restore(f.read())
+  state = contents.get("optimizer", contents) if isinstance(contents, dict) else None
+  if not isinstance(state, dict) or "target" not in state:
+    top = sorted(contents) if isinstance(contents, dict) else type(contents).__name__
+    raise ValueError(f"t5x checkpoint file in {step_dir!r} has no 'target' params (found {top})")
+  return jax.tree_util.tree_map(
+      lambda leaf: _read_tensorstore(leaf, step_dir) if _is_tensorstore_spec(leaf)
+      else np.asarray(leaf), state["target"], is_leaf=_is_tensorstore_spec)
+
+
 def restore_params(step_dir: str, layout: str) -> dict:
   """Restore only the params subtree of a step directory, as NumPy arrays."""
   import orbax.checkpoint as ocp
+  if (layout == "t5x" and os.path.isfile(os.path.join(step_dir, T5X_MSGPACK))
+      and not os.path.exists(os.path.join(step_dir, PYTREE_METADATA))):
+    return _restore_t5x_msgpack(step_dir)
   directory = _pytree_dir(step_dir)
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(directory).item_metadata.tree
