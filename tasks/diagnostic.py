@@ -31,6 +31,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import metrics
 from . import registration
 
 VOWELS = frozenset("aeiouAEIOU")
@@ -216,16 +217,6 @@ def generate_dataset(task: str, split: str,
       _map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
 
-def sequence_accuracy(targets: Sequence[str],
-                      predictions: Sequence[str]) -> Mapping[str, float]:
-  """Percentage of predictions equal to their target."""
-  if len(targets) != len(predictions):
-    raise ValueError(f"{len(targets)} targets but {len(predictions)} "
-                     "predictions")
-  matches = sum(t == p for t, p in zip(targets, predictions))
-  return {"sequence_accuracy": 100.0 * matches / max(len(targets), 1)}
-
-
 def task_name(task: str) -> str:
   return f"{TASK_PREFIX}.{task}"
 
@@ -245,7 +236,7 @@ def _register():
         preprocessors=[seqio.preprocessors.tokenize,
                        seqio.preprocessors.append_eos_after_trim],
         output_features=registration.OUTPUT_FEATURES,
-        metric_fns=[sequence_accuracy])
+        metric_fns=[metrics.sequence_accuracy])
 
 
 _register()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gin
 
+from . import metrics
 from . import registration
 from . import tfds_source
 
@@ -55,7 +56,7 @@ def _register():
             prepare_hint=PREPARE_HINT),
         preprocessors=registration.span_corruption_preprocessors("text"),
         output_features=registration.OUTPUT_FEATURES,
-        metric_fns=[])
+        metric_fns=list(metrics.SPAN_CORRUPTION_METRICS))
   registration.add_mixture(MULTILINGUAL_MIXTURE,
                            [(task_name(lang), 1.0) for lang in LANGUAGES])
   registration.add_mixture(ENGLISH_MIXTURE, [(task_name("en"), 1.0)])

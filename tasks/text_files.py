@@ -20,6 +20,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import metrics
 from . import registration
 
 TEXT_TASK = "mrt5.span_corruption.text"
@@ -120,14 +121,14 @@ def _register():
       source=TextFilesDataSource(text_files),
       preprocessors=registration.span_corruption_preprocessors("text"),
       output_features=registration.OUTPUT_FEATURES,
-      metric_fns=[])
+      metric_fns=list(metrics.SPAN_CORRUPTION_METRICS))
   registration.add_task(
       SAMPLE_TASK,
       source=TextFilesDataSource(
           lambda: {split: sample_corpus_files(split) for split in SPLITS}),
       preprocessors=registration.span_corruption_preprocessors("text"),
       output_features=registration.OUTPUT_FEATURES,
-      metric_fns=[])
+      metric_fns=list(metrics.SPAN_CORRUPTION_METRICS))
 
 
 _register()
