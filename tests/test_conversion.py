@@ -213,6 +213,22 @@ def test_project_checkpoint_to_pytorch_and_back(tmp_path, gated_params):
   assert np.array_equal(first, tensors["shared.weight"] + 1.0)
 
 
+def test_trainer_checkpoints_interoperate(tmp_path, gated_params):
+  """The trainer's own save is readable here; from-pytorch output is readable by the trainer."""
+  from mrt5_jax import checkpoints as trainer_checkpoints
+  model_dir = str(tmp_path / "run")
+  trainer_checkpoints.write_config(model_dir, GATED)
+  state = {"params": gated_params, "step": np.int64(30),
+           "opt_state": jax.tree_util.tree_map(np.zeros_like, gated_params)}
+  with trainer_checkpoints.manager(model_dir, async_save=False) as mngr:
+    trainer_checkpoints.save(mngr, 30, state, {"batches_consumed": 30})
+    mngr.wait_until_finished()
+  convert.to_pytorch(model_dir, str(tmp_path / "hf"))
+  convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "back"))
+  assert_trees_equal(gated_params, trainer_checkpoints.restore_params(str(tmp_path / "back")))
+  assert trainer_checkpoints.read_config(str(tmp_path / "back")).delete_gate_layer == 2
+
+
 def test_t5x_layout_converts(tmp_path, gated_params, plain_params):
   write_t5x(str(tmp_path / "t5x_gated"), gated_params, step=1000)
   out = tmp_path / "hf"

@@ -20,9 +20,9 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from mrt5_jax.checkpoints import CONFIG_FILE as MODEL_CONFIG_FILE
 from mrt5_jax.config import MrT5Config
 
-MODEL_CONFIG_FILE = "model_config.json"
 PROJECT_DIR = "checkpoints"
 T5X_STEP = re.compile(r"^checkpoint_(\d+)$")
 PYTREE_METADATA = "_METADATA"
@@ -180,15 +180,3 @@ def read_checkpoint(checkpoint_dir: str, step: Optional[int] = None) -> Checkpoi
   params = restore_params(step_dir, layout)
   return Checkpoint(params=params, config=read_config(model_dir), layout=layout, step=chosen,
                     path=step_dir)
-
-
-def write_project_checkpoint(model_dir: str, params: Any, config: MrT5Config,
-                             step: int = 0) -> str:
-  """Write ``{'params': params}`` at ``<model_dir>/checkpoints/<step>`` plus model_config.json."""
-  import orbax.checkpoint as ocp
-  os.makedirs(os.path.join(model_dir, PROJECT_DIR), exist_ok=True)
-  step_dir = os.path.join(model_dir, PROJECT_DIR, str(step))
-  ocp.PyTreeCheckpointer().save(step_dir, {"params": params})
-  with open(os.path.join(model_dir, MODEL_CONFIG_FILE), "w") as f:
-    f.write(config.to_json())
-  return step_dir

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from mrt5_jax import checkpoints as project_checkpoints
 from mrt5_jax.conversion import checkpoints, configs, folders, mapping
 
 BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenizer
@@ -72,7 +73,7 @@ def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
   config = configs.from_hf_config(folders.read_hf_config(model_dir))
   params = mapping.hf_state_dict_to_jax(folders.read_hf_state_dict(model_dir), config)
   with folders.atomic_directory(output_dir, overwrite) as staging:
-    checkpoints.write_project_checkpoint(staging, params, config, step)
+    project_checkpoints.save_params_checkpoint(staging, params, config, step)
   return {"layout": "project", "step": step, "deletion_type": config.deletion_type,
           "num_parameters": int(sum(v.size for v in mapping.flatten(params).values())),
           "output": os.path.abspath(output_dir)}
