@@ -1,0 +1,87 @@
+"""gin: every shipped gin file parses; unknown bindings give a clear error."""
+import glob
+import os
+
+import gin
+import pytest
+
+from mrt5_jax import config as config_lib
+from mrt5_jax import gin_utils
+
+CONFIGS = gin_utils.configs_dir()
+MODEL_FILES = sorted(glob.glob(os.path.join(CONFIGS, "models", "*.gin")))
+RUN_FILES = sorted(glob.glob(os.path.join(CONFIGS, "runs", "*.gin")))
+REQUIRED = ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/ckpt'",
+            "MIXTURE_OR_TASK_NAME = 'mrt5.span_corruption.sample'"]
+
+
+@pytest.fixture(autouse=True)
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+def test_expected_files_ship():
+  names = {os.path.relpath(p, CONFIGS) for p in MODEL_FILES + RUN_FILES}
+  for family in ("byt5", "mrt5"):
+    for size in ("tiny", "small", "base", "large"):
+      assert f"models/{family}_{size}.gin" in names
+  for run in ("pretrain", "finetune", "local", "mrt5_small_continued_pretraining"):
+    assert f"runs/{run}.gin" in names
+
+
+@pytest.mark.parametrize("path", MODEL_FILES, ids=os.path.basename)
+def test_model_files_parse_and_build(path):
+  gin_utils.parse([os.path.relpath(path, CONFIGS)])
+  config = config_lib.MrT5Config()
+  size = os.path.basename(path).split("_")[1].split(".")[0]
+  assert config.d_model == config_lib.SIZES[size]["d_model"]
+  assert config.num_encoder_layers == config_lib.SIZES[size]["num_encoder_layers"]
+  assert config.has_gate == os.path.basename(path).startswith("mrt5")
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
+def test_run_files_parse(path):
+  files = [os.path.relpath(path, CONFIGS)]
+  if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
+    files.insert(0, "models/mrt5_small.gin")
+  gin_utils.parse(files, REQUIRED)
+  assert gin.query_parameter("train.train_steps") is not None
+  config_lib.MrT5Config()  # the model bindings make a valid config
+
+
+def test_paper_recipe_values():
+  gin_utils.parse(["runs/mrt5_small_continued_pretraining.gin"], REQUIRED[:2])
+  config = config_lib.MrT5Config()
+  assert (config.d_model, config.delete_gate_layer, config.use_softmax1) == (1472, 3, True)
+  assert gin.query_parameter("%TRAIN_STEPS") == 5000
+  assert gin.query_parameter("%BATCH_SIZE") == 1024
+  assert gin.query_parameter("%INPUTS_LENGTH") == 1024
+  assert gin.query_parameter("%TARGET_DELETION_RATE") == 0.5
+  assert gin.query_parameter("%MIXTURE_OR_TASK_NAME") == "mrt5.span_corruption.mc4.multilingual15"
+  assert gin.query_parameter("OptimizerConfig.name") == "adamw"
+  assert gin.query_parameter("linear_decay.base_learning_rate") == 1e-4
+  assert gin.query_parameter("linear_decay.warmup_steps") == 0
+
+
+@pytest.mark.parametrize("binding, name", [
+    ("MrT5Confg.d_model = 3", "MrT5Confg"),
+    ("train.no_such_argument = 1", "no_such_argument"),
+])
+def test_unknown_binding_is_a_clear_error(binding, name):
+  with pytest.raises(ValueError, match=name):
+    gin_utils.parse(["runs/local.gin"], [binding])
+
+
+def test_missing_gin_file_names_the_search_path():
+  with pytest.raises(ValueError, match="not found; looked in"):
+    gin_utils.parse(["runs/does_not_exist.gin"])
+
+
+def test_flag_splitting_and_string_values():
+  files, bindings, paths, rest = gin_utils.split_flags(
+      ["--gin_file=runs/local.gin", "--gin_file", "x.gin", "--gin.MODEL_DIR=/tmp/run",
+       "--gin.TRAIN_STEPS=10", "--gin.train.resume=False", "--gin_search_path=/p", "--other"])
+  assert files == ["runs/local.gin", "x.gin"] and paths == ["/p"] and rest == ["--other"]
+  assert bindings == ["MODEL_DIR = '/tmp/run'", "TRAIN_STEPS = 10", "train.resume = False"]
