@@ -108,6 +108,22 @@ def test_mapping_round_trip_is_bit_identical(gated_params):
   assert_trees_equal(gated_params, mapping.hf_state_dict_to_jax(state_dict, GATED))
 
 
+def test_unexpected_or_inconsistent_tensors_are_refused(gated_params):
+  sd = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  sd["encoder.embed_tokens.weight"] = sd["shared.weight"].copy()
+  sd["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight"] = np.zeros((32, 4))
+  mapping.hf_state_dict_to_jax(sd, GATED)  # tied copy and unused table are accepted
+  sd["encoder.embed_tokens.weight"] = sd["shared.weight"] + 1.0
+  with pytest.raises(ValueError, match="encoder.embed_tokens.weight"):
+    mapping.hf_state_dict_to_jax(sd, GATED)
+  sd["encoder.embed_tokens.weight"] = sd["shared.weight"]
+  sd["encoder.block.0.layer.1.DenseReluDense.wi.weight"] = np.zeros((128, 64), np.float32)
+  with pytest.raises(ValueError, match=r"DenseReluDense\.wi\.weight"):
+    mapping.hf_state_dict_to_jax(sd, GATED)
+  with pytest.raises(ValueError, match="encoder/delete_gate"):
+    mapping.jax_to_hf_state_dict(gated_params, PLAIN)
+
+
 def test_state_dict_names_and_layout(gated_params):
   sd = mapping.jax_to_hf_state_dict(gated_params, GATED)
   flat = mapping.flatten(gated_params)

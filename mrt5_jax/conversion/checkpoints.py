@@ -83,8 +83,9 @@ def locate(checkpoint_dir: str, step: Optional[int] = None) -> tuple[str, str, i
         raise ValueError(f"no step {chosen} in {checkpoint_dir!r}; available: {sorted(steps)}")
       return layout, steps[chosen], chosen, model_dir
   raise ValueError(
-      f"unknown checkpoint layout at {checkpoint_dir!r}: expected <model_dir>/{PROJECT_DIR}/<step>/ "
-      "(mrt5-jax trainer) or <model_dir>/checkpoint_<step>/ (t5x), or one such step directory")
+      f"unknown checkpoint layout at {checkpoint_dir!r}: expected "
+      f"<model_dir>/{PROJECT_DIR}/<step>/ (mrt5-jax trainer) or <model_dir>/checkpoint_<step>/ "
+      "(t5x), or one such step directory")
 
 
 def _pytree_dir(step_dir: str) -> str:

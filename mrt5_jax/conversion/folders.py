@@ -79,7 +79,8 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
   try:
     return load_file(path)
   except (SafetensorError, OSError, ValueError) as error:
-    raise ValueError(f"cannot read weights file {path!r} (truncated or corrupt?): {error}") from error
+    raise ValueError(f"cannot read weights file {path!r} (truncated or corrupt?): "
+                     f"{error}") from error
 
 
 def _read_torch(path: str) -> dict[str, Any]:
@@ -90,7 +91,8 @@ def _read_torch(path: str) -> dict[str, Any]:
   try:
     return torch.load(path, map_location="cpu", weights_only=True)
   except Exception as error:  # torch raises many types for a bad pickle / zip
-    raise ValueError(f"cannot read weights file {path!r} (truncated or corrupt?): {error}") from error
+    raise ValueError(f"cannot read weights file {path!r} (truncated or corrupt?): "
+                     f"{error}") from error
 
 
 def _shards(directory: str, index_name: str) -> list[str]:

@@ -42,61 +42,59 @@ class Entry:
     return "/".join(self.jax_path)
 
 
-def _attention(entries, jax_prefix, hf_prefix, cfg):
-  for jax_name, hf_name in ATTENTION_NAMES:
-    shape = (cfg.inner_dim, cfg.d_model) if jax_name == "out" else (cfg.d_model, cfg.inner_dim)
-    entries.append(Entry(jax_prefix + (jax_name, "kernel"), f"{hf_prefix}.{hf_name}.weight",
-                         shape, True))
-
-
-def _mlp(entries, jax_prefix, hf_prefix, cfg):
-  for name in MLP_NAMES:
-    shape = (cfg.d_ff, cfg.d_model) if name == "wo" else (cfg.d_model, cfg.d_ff)
-    entries.append(Entry(jax_prefix + ("mlp", name, "kernel"),
-                         f"{hf_prefix}.DenseReluDense.{name}.weight", shape, True))
-
-
-def _norm(entries, jax_path, hf_name, cfg):
-  entries.append(Entry(jax_path + ("scale",), hf_name, (cfg.d_model,), False))
-
-
 def parameter_table(config: MrT5Config) -> list[Entry]:
   """Every parameter of the network for ``config``, in a fixed order."""
   cfg = config
-  buckets = cfg.relative_attention_num_buckets
-  entries = [Entry(("token_embedder", "embedding"), "shared.weight",
-                   (cfg.vocab_size, cfg.d_model), False)]
-  entries.append(Entry(("encoder", "relpos_bias", "rel_embedding"),
-                       "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                       (cfg.num_heads, buckets), True))
+  entries: list[Entry] = []
+
+  def add(jax_path, hf_name, shape, transpose=True):
+    entries.append(Entry(tuple(jax_path), hf_name, tuple(shape), transpose))
+
+  def norm(jax_path, hf_name):
+    add(jax_path + ("scale",), hf_name, (cfg.d_model,), transpose=False)
+
+  def attention(jax_prefix, hf_prefix):
+    for jax_name, hf_name in ATTENTION_NAMES:
+      shape = (cfg.inner_dim, cfg.d_model) if jax_name == "out" else (cfg.d_model, cfg.inner_dim)
+      add(jax_prefix + (jax_name, "kernel"), f"{hf_prefix}.{hf_name}.weight", shape)
+
+  def mlp(jax_prefix, hf_prefix):
+    for name in MLP_NAMES:
+      shape = (cfg.d_ff, cfg.d_model) if name == "wo" else (cfg.d_model, cfg.d_ff)
+      add(jax_prefix + ("mlp", name, "kernel"), f"{hf_prefix}.DenseReluDense.{name}.weight", shape)
+
+  def relpos(stack):
+    add((stack, "relpos_bias", "rel_embedding"),
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        (cfg.num_heads, cfg.relative_attention_num_buckets))
+
+  add(("token_embedder", "embedding"), "shared.weight", (cfg.vocab_size, cfg.d_model),
+      transpose=False)
+  relpos("encoder")
   for i in range(cfg.num_encoder_layers):
-    jax_layer, hf_block = ("encoder", f"layers_{i}"), f"encoder.block.{i}"
-    _norm(entries, jax_layer + ("pre_attention_layer_norm",), f"{hf_block}.layer.0.layer_norm.weight", cfg)
-    _attention(entries, jax_layer + ("attention",), f"{hf_block}.layer.0.SelfAttention", cfg)
-    _norm(entries, jax_layer + ("pre_mlp_layer_norm",), f"{hf_block}.layer.1.layer_norm.weight", cfg)
-    _mlp(entries, jax_layer, f"{hf_block}.layer.1", cfg)
-  _norm(entries, ("encoder", "encoder_norm"), "encoder.final_layer_norm.weight", cfg)
+    layer, hf = ("encoder", f"layers_{i}"), f"encoder.block.{i}.layer"
+    norm(layer + ("pre_attention_layer_norm",), f"{hf}.0.layer_norm.weight")
+    attention(layer + ("attention",), f"{hf}.0.SelfAttention")
+    norm(layer + ("pre_mlp_layer_norm",), f"{hf}.1.layer_norm.weight")
+    mlp(layer, f"{hf}.1")
+  norm(("encoder", "encoder_norm"), "encoder.final_layer_norm.weight")
   if cfg.deletion_type == "scaled_sigmoid":
-    gate_jax, gate_hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
+    gate, hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
     if cfg.gate_layer_norm:
-      _norm(entries, gate_jax + ("layer_norm",), f"{gate_hf}.layer_norm.weight", cfg)
-    entries.append(Entry(gate_jax + ("dense", "kernel"), f"{gate_hf}.feed_forward.weight",
-                         (cfg.d_model, 1), True))
-    entries.append(Entry(gate_jax + ("dense", "bias"), f"{gate_hf}.feed_forward.bias", (1,), False))
-  entries.append(Entry(("decoder", "relpos_bias", "rel_embedding"),
-                       "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                       (cfg.num_heads, buckets), True))
+      norm(gate + ("layer_norm",), f"{hf}.layer_norm.weight")
+    add(gate + ("dense", "kernel"), f"{hf}.feed_forward.weight", (cfg.d_model, 1))
+    add(gate + ("dense", "bias"), f"{hf}.feed_forward.bias", (1,), transpose=False)
+  relpos("decoder")
   for i in range(cfg.num_decoder_layers):
-    jax_layer, hf_block = ("decoder", f"layers_{i}"), f"decoder.block.{i}"
-    _norm(entries, jax_layer + ("pre_self_attention_layer_norm",), f"{hf_block}.layer.0.layer_norm.weight", cfg)
-    _attention(entries, jax_layer + ("self_attention",), f"{hf_block}.layer.0.SelfAttention", cfg)
-    _norm(entries, jax_layer + ("pre_cross_attention_layer_norm",), f"{hf_block}.layer.1.layer_norm.weight", cfg)
-    _attention(entries, jax_layer + ("encoder_decoder_attention",), f"{hf_block}.layer.1.EncDecAttention", cfg)
-    _norm(entries, jax_layer + ("pre_mlp_layer_norm",), f"{hf_block}.layer.2.layer_norm.weight", cfg)
-    _mlp(entries, jax_layer, f"{hf_block}.layer.2", cfg)
-  _norm(entries, ("decoder", "decoder_norm"), "decoder.final_layer_norm.weight", cfg)
-  entries.append(Entry(("decoder", "logits_dense", "kernel"), "lm_head.weight",
-                       (cfg.d_model, cfg.vocab_size), True))
+    layer, hf = ("decoder", f"layers_{i}"), f"decoder.block.{i}.layer"
+    norm(layer + ("pre_self_attention_layer_norm",), f"{hf}.0.layer_norm.weight")
+    attention(layer + ("self_attention",), f"{hf}.0.SelfAttention")
+    norm(layer + ("pre_cross_attention_layer_norm",), f"{hf}.1.layer_norm.weight")
+    attention(layer + ("encoder_decoder_attention",), f"{hf}.1.EncDecAttention")
+    norm(layer + ("pre_mlp_layer_norm",), f"{hf}.2.layer_norm.weight")
+    mlp(layer, f"{hf}.2")
+  norm(("decoder", "decoder_norm"), "decoder.final_layer_norm.weight")
+  add(("decoder", "logits_dense", "kernel"), "lm_head.weight", (cfg.d_model, cfg.vocab_size))
   return entries
 
 
@@ -176,8 +174,8 @@ def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> d
   """
   table = parameter_table(config)
   known = {entry.hf_name for entry in table}
-  extra = sorted(name for name in state_dict
-                 if name not in known and name not in TIED_EMBEDDINGS and name not in IGNORED_HF_NAMES)
+  tolerated = known | set(TIED_EMBEDDINGS) | set(IGNORED_HF_NAMES)
+  extra = sorted(name for name in state_dict if name not in tolerated)
   if extra:
     raise ValueError(f"state-dict tensors not part of a model with this config "
                      f"(deletion_type={config.deletion_type!r}): {extra}")
@@ -192,7 +190,8 @@ def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> d
     flat[entry.jax_path] = np.ascontiguousarray(value.astype(np.float32))
   shared = flat[("token_embedder", "embedding")]
   for name in TIED_EMBEDDINGS:
-    if name in state_dict and not np.array_equal(to_numpy(state_dict[name]).astype(np.float32), shared):
+    tied = to_numpy(state_dict[name]).astype(np.float32) if name in state_dict else shared
+    if not np.array_equal(tied, shared):
       raise ValueError(f"state-dict tensor {name!r} differs from 'shared.weight'; the network "
                        "shares one embedding between encoder and decoder")
   return unflatten(flat)

@@ -217,7 +217,11 @@ class MrT5EncoderStack(T5Stack):
   def forward(self, input_ids=None, attention_mask=None, inputs_embeds=None,
               hard_delete: bool = False, deletion_threshold: Optional[float] = None,
               output_hidden_states: Optional[bool] = None, **kwargs) -> MrT5EncoderOutput:
-    """Encode; padding is ``attention_mask == 0`` or, without a mask, ``input_ids == pad``."""
+    """Encode; padding is ``attention_mask == 0`` or, without a mask, ``input_ids == pad``.
+
+    Other transformers keyword arguments (return_dict, output_attentions) are
+    accepted and ignored: attention weights are not recorded.
+    """
     if (input_ids is None) == (inputs_embeds is None):
       raise ValueError("pass exactly one of input_ids or inputs_embeds")
     if inputs_embeds is None:
@@ -253,7 +257,7 @@ class MrT5EncoderStack(T5Stack):
           mask = mask + key_bias[:, None, None, :]
       if all_hidden is not None:
         all_hidden.append(hidden)
-      hidden, _, _ = block(hidden, mask, position_bias, **kwargs)
+      hidden, _, _ = block(hidden, mask, position_bias)
     hidden = self.dropout(self.final_layer_norm(hidden))
     if all_hidden is not None:
       all_hidden.append(hidden)
@@ -306,7 +310,11 @@ class MrT5ForConditionalGeneration(T5ForConditionalGeneration):
               decoder_attention_mask=None, encoder_outputs=None, past_key_values=None,
               inputs_embeds=None, decoder_inputs_embeds=None, labels=None, use_cache=None,
               hard_delete: bool = False, deletion_threshold: Optional[float] = None, **kwargs):
-    """As T5ForConditionalGeneration.forward; the cross-attention mask comes from the encoder output."""
+    """As T5ForConditionalGeneration.forward; cross-attention masks come from the encoder output.
+
+    ``hard_delete`` runs the layers from the gate on over the kept positions
+    only; ``deletion_threshold`` overrides the config's threshold.
+    """
     if encoder_outputs is None:
       encoder_outputs = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
                                      inputs_embeds=inputs_embeds, hard_delete=hard_delete,
