@@ -57,7 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = build_parser().parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+  logging.getLogger("mrt5_jax").setLevel(logging.INFO)
+  logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on partial restores
   from mrt5_jax.conversion import convert
   try:
     if args.command == "to-pytorch":

@@ -15,6 +15,7 @@ BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenize
 TOKENIZER_CONFIG = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 125, "eos_token": "</s>",
                     "pad_token": "<pad>", "unk_token": "<unk>"}
 DTYPES = ("float32", "bfloat16")
+logger = logging.getLogger(__name__)
 
 
 def _numpy_dtype(dtype: str):
@@ -40,8 +41,8 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
   folders.check_output(output_dir, overwrite)
   gate_settings = {key: value for key, value in gate_settings.items() if value is not None}
   checkpoint = checkpoints.read_checkpoint(checkpoint_dir, step)
-  logging.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
-               checkpoint.step)
+  logger.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
+              checkpoint.step)
   if checkpoint.config is not None:
     if gate_settings:
       raise ValueError(f"{checkpoint_dir!r} carries {checkpoints.MODEL_CONFIG_FILE}; gate options "
@@ -51,6 +52,8 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
     config = configs.infer_config(checkpoint.params, **gate_settings)
   state_dict = mapping.jax_to_hf_state_dict(checkpoint.params, config, numpy_dtype)
   hf_config = configs.to_hf_config(config, dtype)
+  logger.info("writing %s folder (%s, %d tensors) to %s", hf_config["model_type"], dtype,
+              len(state_dict), output_dir)
   with folders.atomic_directory(output_dir, overwrite) as staging:
     folders.write_hf_folder(staging, hf_config, state_dict)
     if config.vocab_size == BYTE_VOCAB_SIZE:
@@ -72,6 +75,8 @@ def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
   folders.check_output(output_dir, overwrite)
   config = configs.from_hf_config(folders.read_hf_config(model_dir))
   params = mapping.hf_state_dict_to_jax(folders.read_hf_state_dict(model_dir), config)
+  logger.info("read %s (deletion_type=%s); writing step %d to %s", model_dir,
+              config.deletion_type, step, output_dir)
   with folders.atomic_directory(output_dir, overwrite) as staging:
     project_checkpoints.save_params_checkpoint(staging, params, config, step)
   return {"layout": "project", "step": step, "deletion_type": config.deletion_type,

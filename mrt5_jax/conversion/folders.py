@@ -26,6 +26,16 @@ def check_output(output_dir: str, overwrite: bool) -> None:
     raise ValueError(f"output {output_dir!r} exists and is not a directory")
 
 
+def _apply_umask(root: str) -> None:
+  """Give the staged tree the usual permissions (mkdtemp and safetensors use 0700 / 0600)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  for directory, _, files in os.walk(root):
+    os.chmod(directory, 0o777 & ~umask)
+    for name in files:
+      os.chmod(os.path.join(directory, name), 0o666 & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_directory(output_dir: str, overwrite: bool = False) -> Iterator[str]:
   """Yield a fresh temp directory beside ``output_dir``; rename it into place on success.
@@ -39,6 +49,7 @@ def atomic_directory(output_dir: str, overwrite: bool = False) -> Iterator[str]:
   staging = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.partial-", dir=parent)
   try:
     yield staging
+    _apply_umask(staging)
     check_output(output_dir, overwrite)
     if os.path.lexists(output_dir):
       retired = tempfile.mkdtemp(prefix=f".{os.path.basename(output_dir)}.old-", dir=parent)
