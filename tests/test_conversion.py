@@ -185,6 +185,7 @@ def test_from_hf_config_refuses_unsupported():
   hf = configs.to_hf_config(PLAIN)
   for change, message in ((dict(feed_forward_proj="relu"), "gated-gelu"),
                           (dict(tie_word_embeddings=True), "tie_word_embeddings"),
+                          (dict(scale_decoder_outputs=True), "scale_decoder_outputs"),
                           (dict(model_type="bart"), "model_type"),
                           (dict(model_type="mrt5", deletion_type="log_sigmoid"), "log_sigmoid")):
     with pytest.raises(ValueError, match=message):

@@ -236,13 +236,23 @@ def test_gate_initialisation_and_bad_requests():
     mrt5_torch.MrT5ForConditionalGeneration._from_config(config, attn_implementation="sdpa")
 
 
-def test_saved_folder_reloads_with_same_outputs(gated, tmp_path):
-  _, model = gated
+def test_folders_saved_by_transformers_convert_back(gated, tmp_path):
+  """save_pretrained (safetensors) and a pytorch_model.bin folder both return the same params."""
+  from mrt5_jax.conversion import checkpoints
+  params, model = gated
   model.save_pretrained(str(tmp_path / "saved"))
   again = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "saved")).eval()
   enc, dec, _ = batch(seed=5)
   with torch.no_grad():
-    a = model(**torch_inputs(enc, dec)).logits
-    b = again(**torch_inputs(enc, dec)).logits
-  assert torch.equal(a, b)
-  assert os.path.exists(tmp_path / "saved" / "config.json")
+    assert torch.equal(model(**torch_inputs(enc, dec)).logits,
+                       again(**torch_inputs(enc, dec)).logits)
+  (tmp_path / "bin").mkdir()
+  torch.save(model.state_dict(), str(tmp_path / "bin" / "pytorch_model.bin"))
+  (tmp_path / "bin" / "config.json").write_text((tmp_path / "saved" / "config.json").read_text())
+  for name in ("saved", "bin"):
+    convert.from_pytorch(str(tmp_path / name), str(tmp_path / f"{name}_back"))
+    restored = checkpoints.read_checkpoint(str(tmp_path / f"{name}_back"))
+    assert restored.config.delete_gate_layer == 2 and restored.config.use_softmax1
+    flat, back = mapping.flatten(params), mapping.flatten(restored.params)
+    assert sorted(flat) == sorted(back)
+    assert all(np.array_equal(flat[path], back[path]) for path in flat)

@@ -73,9 +73,16 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
   if ffn != "gated-gelu":
     raise ValueError(f"config.json has feed_forward_proj={ffn!r}; only 'gated-gelu' "
                      "(T5.1.1 / ByT5 / MrT5) is supported")
-  if values.get("tie_word_embeddings", True) is not False:
-    raise ValueError("config.json has tie_word_embeddings true (or missing); the network has a "
-                     "separate output projection (ByT5 / MrT5 set it to false)")
+  # transformers >= 5 always writes tie_word_embeddings true for T5 and records an
+  # untied output projection as scale_decoder_outputs false.
+  if "scale_decoder_outputs" in values:
+    tied = bool(values["scale_decoder_outputs"])
+  else:
+    tied = values.get("tie_word_embeddings", True) is not False
+  if tied:
+    raise ValueError("config.json ties the output projection to the embedding "
+                     "(tie_word_embeddings / scale_decoder_outputs); the network has a separate "
+                     "one (ByT5 / MrT5 set tie_word_embeddings false)")
   if values.get("has_absolute_position_embeddings", False):
     raise ValueError("config.json has has_absolute_position_embeddings=true; not supported")
   fields = dict(
