@@ -109,3 +109,98 @@ class Evaluator:
     if num_batches is not None:
       batches = itertools.islice(batches, num_batches)
     return self.evaluate_batches(params, controller_state, batches)
+
+
+def deletion_profile(module, params, batches: Iterable[Mapping[str, np.ndarray]]
+                     ) -> dict[int, tuple[int, int]]:
+  """Per input byte id: (times deleted, times seen) over real encoder positions."""
+  config = module.config
+  if not config.has_gate:
+    return {}
+
+  @jax.jit
+  def deleted(params, tokens, segment_ids):
+    _, gate, _ = module.apply({"params": params}, tokens, segment_ids, False,
+                              method=module.encode_stage_one)
+    return gate < config.deletion_threshold
+
+  deleted_counts = np.zeros(config.vocab_size, np.int64)
+  seen_counts = np.zeros(config.vocab_size, np.int64)
+  for batch in batches:
+    tokens = np.asarray(batch["encoder_input_tokens"])
+    segment_ids = batch.get("encoder_segment_ids")
+    real = np.asarray(objective_lib.real_encoder_mask(tokens, segment_ids))
+    mask = np.asarray(deleted(params, tokens, segment_ids)) & real
+    np.add.at(deleted_counts, tokens[mask], 1)
+    np.add.at(seen_counts, tokens[real], 1)
+  return {int(i): (int(deleted_counts[i]), int(seen_counts[i]))
+          for i in np.nonzero(seen_counts)[0]}
+
+
+def byte_label(token_id: int) -> str:
+  """Printable label of a ByteVocabulary id (3 + byte value; 1 = EOS)."""
+  if token_id == 1:
+    return "EOS"
+  if token_id < 3 or token_id > 258:
+    return f"<{token_id}>"
+  value = token_id - 3
+  char = chr(value) if value < 128 else None
+  return repr(char) if char and char.isprintable() else f"0x{value:02x}"
+
+
+def describe_profile(profile: Mapping[int, tuple[int, int]], top: int = 12) -> str:
+  """``'e' 100% (41/41), 'a' 98% ...``: the bytes deleted most often, by share of deletions."""
+  total_deleted = sum(d for d, _ in profile.values())
+  if not total_deleted:
+    return "nothing deleted"
+  ranked = sorted(profile.items(), key=lambda kv: -kv[1][0])[:top]
+  return ", ".join(f"{byte_label(i)} {d / max(s, 1):.0%} of {s}" for i, (d, s) in ranked if d)
+
+
+def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
+                   num_examples: Optional[int] = None, mode: Optional[str] = None,
+                   max_decode_length: Optional[int] = None) -> dict[str, dict[str, float]]:
+  """The task's own seqio metrics: greedy predictions and target scores under hard deletion.
+
+  ``mode`` is the InferenceRunner mode ('bucketed', 'capacity' or 'soft';
+  default: the config's hard-deletion mode). Returns {task name: metrics}.
+  """
+  import seqio
+  from mrt5_jax.inference import InferenceRunner
+
+  data_lib.import_task_module(dataset)
+  lengths = data_lib.resolve_feature_lengths(dataset)
+  evaluator = seqio.Evaluator(
+      dataset.mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=dataset.split, seed=dataset.seed, sequence_length=lengths,
+      num_examples=num_examples, logger_cls=(), use_memory_cache=True,
+      async_compute_metrics=False)
+  runner = InferenceRunner(config, params, mode=mode)
+  decode_length = max_decode_length or lengths["targets"]
+
+  def batches(ds):
+    for indices, features in ds.batch(dataset.batch_size).as_numpy_iterator():
+      yield indices, features
+
+  def predict_fn(ds, *unused):
+    out = []
+    for indices, features in batches(ds):
+      tokens = np.asarray(runner.generate(features["encoder_input_tokens"], decode_length))
+      for index, row in zip(indices, tokens):
+        row = row.tolist()
+        out.append((int(index), row[:row.index(1)] if 1 in row else row))
+    return out
+
+  def score_fn(ds, *unused):
+    out = []
+    for indices, features in batches(ds):
+      ll = np.asarray(runner.score(features["encoder_input_tokens"],
+                                   features["decoder_input_tokens"],
+                                   features["decoder_target_tokens"]))
+      out.extend((int(i), float(s)) for i, s in zip(indices, ll.sum(axis=-1)))
+    return out
+
+  futures, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=score_fn)
+  results = futures.result()
+  return {task: {k: float(getattr(v, "value", v)) for k, v in metrics.items()}
+          for task, metrics in results.items()}

@@ -263,6 +263,7 @@ class TrainResult:
   wall_seconds: float
   interrupted: bool = False
   history: list = dataclasses.field(default_factory=list)
+  deletion_profile: dict = dataclasses.field(default_factory=dict)
 
 
 class _StopFlag:
@@ -438,8 +439,16 @@ def train(*,
 
   if not metrics_host and steps_this_call:
     metrics_host = _to_host(metrics)
+  profile = {}
+  if evaluator is not None and model_config.has_gate and not interrupted:
+    import itertools
+    from mrt5_jax import evaluation
+    batches = data_lib.get_dataset(eval_dataset, shard_id=host,
+                                   num_shards=num_hosts).as_numpy_iterator()
+    profile = evaluation.deletion_profile(trainer.module, state["params"],
+                                          itertools.islice(batches, eval_steps))
   ckpt = os.path.join(checkpoints.checkpoint_dir(model_dir), str(step))
   return TrainResult(model_dir=model_dir, checkpoint_dir=ckpt, step=step, metrics=metrics_host,
                      eval_metrics=eval_metrics, target_deletion_rate=target_rate,
                      wall_seconds=time.time() - start_time, interrupted=interrupted,
-                     history=history)
+                     history=history, deletion_profile=profile)

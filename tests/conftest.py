@@ -41,3 +41,7 @@ def tiny_model(tiny_config):
                           batch["decoder_input_tokens"], batch["decoder_target_tokens"],
                           enable_dropout=False)
   return module, variables
+
+
+def pytest_configure(config):
+  config.addinivalue_line("markers", "slow: minutes-long training runs (CI runs them)")

@@ -42,6 +42,9 @@ def summary(result) -> str:
     lines.append(f"eval ({mode} deletion): cross entropy {values['cross_entropy_per_token']:.4f}, "
                  f"deletion rate {values['deletion_rate']:.3f}, kept length "
                  f"{values['kept_length']:.1f}/{values['real_length']:.1f}")
+  if result.deletion_profile:
+    from mrt5_jax.evaluation import describe_profile
+    lines.append("most deleted input bytes (eval): " + describe_profile(result.deletion_profile))
   lines.append(f"checkpoint: {result.checkpoint_dir}")
   lines.append(f"TensorBoard: tensorboard --logdir {result.model_dir}")
   return "\n".join(lines)
