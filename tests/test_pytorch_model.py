@@ -256,3 +256,18 @@ def test_folders_saved_by_transformers_convert_back(gated, tmp_path):
     flat, back = mapping.flatten(params), mapping.flatten(restored.params)
     assert sorted(flat) == sorted(back)
     assert all(np.array_equal(flat[path], back[path]) for path in flat)
+
+
+def test_random_gate_deletes_the_configured_share():
+  """Random baseline (as mrt5_jax.gate.random_gate): each real position deleted with p."""
+  config = mrt5_torch.MrT5Config(d_model=8, num_layers=2, deletion_type="random",
+                                 random_deletion_probability=0.3, delete_gate_layer=1)
+  gate = mrt5_torch.MrT5DeleteGate(config)
+  assert not list(gate.parameters())
+  real = torch.ones(4, 2000, dtype=torch.bool)
+  real[:, 1500:] = False
+  torch.manual_seed(0)
+  values, _ = gate(torch.zeros(4, 2000, 8), real, None)
+  assert set(values.unique().tolist()) == {-30.0, 0.0}
+  assert (values[~real] == -30.0).all()
+  assert abs((values[real] == -30.0).float().mean().item() - 0.3) < 0.02
