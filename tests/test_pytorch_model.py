@@ -1,5 +1,4 @@
 """The PyTorch MrT5 of converted checkpoints against the JAX network (float32, tiny sizes)."""
-import os
 
 import jax
 import numpy as np

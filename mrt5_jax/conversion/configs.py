@@ -7,7 +7,7 @@ without custom code. No torch needed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
