@@ -141,3 +141,20 @@ def save_params_checkpoint(model_dir: str, params: Any, config: MrT5Config, step
               force=True)
     mngr.wait_until_finished()
   return os.path.join(checkpoint_dir(model_dir), str(step))
+
+
+def restore_controller(path: str) -> Optional[dict]:
+  """The controller state of a training checkpoint (None for params-only checkpoints)."""
+  state_dir = resolve_checkpoint(path)
+  with ocp.PyTreeCheckpointer() as ckptr:
+    metadata = ckptr.metadata(state_dir)
+    tree = getattr(metadata, "item_metadata", None) or metadata
+    tree = getattr(tree, "tree", tree)
+    mutables = tree.get("flax_mutables") if hasattr(tree, "get") else None
+    if not mutables or "controller" not in mutables:
+      return None
+    sub = {"flax_mutables": {"controller": mutables["controller"]}}
+    restore_args = jax.tree_util.tree_map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), sub)
+    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=sub, restore_args=restore_args, partial_restore=True))
+  return {k: np.asarray(v) for k, v in restored["flax_mutables"]["controller"].items()}

@@ -7,8 +7,9 @@ programs, so nothing overflows and a stream costs one program per bucket.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any, Iterable, Mapping, Optional
+
+import gin
 
 import jax
 import jax.numpy as jnp
@@ -204,3 +205,52 @@ def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
   results = futures.result()
   return {task: {k: float(getattr(v, "value", v)) for k, v in metrics.items()}
           for task, metrics in results.items()}
+
+
+@gin.configurable(denylist=["params"])
+def evaluate(*, model_dir: str = gin.REQUIRED,
+             eval_dataset: data_lib.DatasetConfig = gin.REQUIRED,
+             num_batches: Optional[int] = 8,
+             step: Optional[int] = None,
+             objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig(),
+             controller: controller_lib.ControllerConfig = controller_lib.ControllerConfig(),
+             mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+             seqio_metrics: bool = False,
+             seqio_num_examples: Optional[int] = 64,
+             params=None) -> dict:
+  """Evaluate ``model_dir`` (its newest checkpoint, or ``step``) on ``eval_dataset``.
+
+  Returns {'checkpoint', 'soft', 'hard', 'most_deleted', ['seqio']}. The loss
+  uses the checkpoint's alpha (from its controller state) when it has one.
+  """
+  import itertools
+  import os
+
+  from mrt5_jax import checkpoints
+  from mrt5_jax.network import Transformer
+
+  config = checkpoints.read_config(model_dir)
+  root = checkpoints.checkpoint_dir(model_dir)
+  if step is None:
+    step = checkpoints.latest_step(model_dir)
+    if step is None:
+      raise ValueError(f"no checkpoint under {root!r}")
+  path = os.path.join(root, str(step))
+  if params is None:
+    params = checkpoints.restore_params(path)
+  controller_state = checkpoints.restore_controller(path) or controller_lib.init_state(controller)
+  module = Transformer(config)
+  part = partitioning.Partitioner(mesh)
+  evaluator = Evaluator(module, part, objective, controller)
+  params = jax.device_put(params, part.replicated)
+  results: dict = {"checkpoint": path}
+  results.update(evaluator.evaluate_dataset(params, controller_state, eval_dataset, num_batches))
+  host, hosts = jax.process_index(), jax.process_count()
+  batches = data_lib.get_dataset(eval_dataset, shard_id=host, num_shards=hosts).as_numpy_iterator()
+  if num_batches is not None:
+    batches = itertools.islice(batches, num_batches)
+  results["most_deleted"] = describe_profile(deletion_profile(module, params, batches))
+  if seqio_metrics:
+    results["seqio"] = seqio_evaluate(config, jax.device_get(params), eval_dataset,
+                                      num_examples=seqio_num_examples)
+  return results

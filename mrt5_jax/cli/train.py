@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mrt5_jax import trainer
   try:
     result = trainer.train()
-  except ValueError as e:
+  except (ValueError, FileNotFoundError) as e:
     print(f"mrt5-train: {e}", file=sys.stderr)
     return 1
   print(summary(result), flush=True)
