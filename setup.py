@@ -34,10 +34,10 @@ setuptools.setup(
         "safetensors",
     ],
     extras_require={
-        "torch": ["torch==2.13.0", "transformers>=4.40", "safetensors"],
+        "torch": ["torch==2.13.0", "transformers>=5.23,<6", "safetensors"],
         "test": [
             "torch==2.13.0",
-            "transformers>=4.40",
+            "transformers>=5.23,<6",
             "pytest",
             "pytest-xdist",
         ],
