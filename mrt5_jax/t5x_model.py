@@ -29,6 +29,7 @@ from flax.linen import partitioning as flax_partitioning
 import jax
 import jax.numpy as jnp
 import seqio
+from t5x import adafactor as t5x_adafactor
 from t5x import decoding as t5x_decoding
 from t5x import losses as t5x_losses
 from t5x import metrics as t5x_metrics
@@ -44,6 +45,14 @@ INFERENCE_DELETIONS = ("hard", "soft")
 # Deletion counts of the micro-batches of the current step (t5x micro-batching).
 MICROBATCH_COLLECTION = "controller_microbatches"
 _FIXED_DELETION_RNG = 0
+
+
+def adafactor_logical_factor_rules():
+  """t5x's Adafactor factor rules plus unnamed axes (the gate's (embed, None)
+  kernel and (None,) bias), which are never factored."""
+  rules = dict(t5x_adafactor.standard_logical_factor_rules())
+  rules[None] = t5x_adafactor.FactorDim.NONE
+  return flax.core.freeze(rules)
 
 
 def _normalizing_factor_name(factor):
