@@ -187,9 +187,7 @@ def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
     out = []
     for indices, features in batches(ds):
       tokens = np.asarray(runner.generate(features["encoder_input_tokens"], decode_length))
-      for index, row in zip(indices, tokens):
-        row = row.tolist()
-        out.append((int(index), row[:row.index(1)] if 1 in row else row))
+      out.extend((int(index), row) for index, row in zip(indices, tokens))
     return out
 
   def score_fn(ds, *unused):

@@ -38,6 +38,6 @@ def run(model_dir, steps, *, dataset, config=None, controller=None, lr=3e-3, **k
   return trainer.train(
       model_dir=str(model_dir), model_config=config or micro_config(), train_dataset=dataset,
       train_steps=steps,
-      optimizer=optimizers.OptimizerConfig(learning_rate=optimizers.linear_decay(lr, 1000)),
+      optimizer=optimizers.OptimizerConfig(learning_rate=optimizers.linear_decay(lr, max(steps, 1))),
       controller=controller or ctl.ControllerConfig(target_deletion_rate=0.5, k_p=0.5),
       objective=obj.ObjectiveConfig(), **kwargs)

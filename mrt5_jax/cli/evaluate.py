@@ -39,6 +39,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mrt5_jax import evaluation
   try:
     results = evaluation.evaluate()
+  except RuntimeError as e:
+    if "Required bindings" not in str(e):
+      raise
+    print(f"mrt5-eval: missing gin binding: {e}", file=sys.stderr)
+    return 2
   except (ValueError, FileNotFoundError) as e:
     print(f"mrt5-eval: {e}", file=sys.stderr)
     return 1

@@ -69,6 +69,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   from mrt5_jax import trainer
   try:
     result = trainer.train()
+  except RuntimeError as e:
+    if "Required bindings" not in str(e):
+      raise
+    print(f"mrt5-train: missing gin binding: {e}", file=sys.stderr)
+    return 2
   except (ValueError, FileNotFoundError) as e:
     print(f"mrt5-train: {e}", file=sys.stderr)
     return 1
