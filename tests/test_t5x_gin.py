@@ -1,0 +1,125 @@
+"""The gin files in configs/t5x, parsed by t5x's own gin loader (in a
+subprocess, as t5x.train/eval/infer would) and checked against the paper's
+settings and ByT5's published sizes. Runs only where t5x is importable."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip(
+    "t5x", reason="t5x is not installed (it comes from its git repository, not PyPI)")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Parses gin files as t5x.<tool> does (its module is __main__ for the gin
+# imports) and prints what the run would use, as JSON.
+_PROBE = r"""
+import importlib, json, sys
+tool, files, bindings = sys.argv[1], sys.argv[2].split(','), sys.argv[3:]
+sys.modules['__main__'] = importlib.import_module('t5x.' + tool)
+import gin, jax, jax.numpy as jnp, numpy as np
+from t5x import gin_utils
+
+gin_utils.parse_gin_flags(['configs'], files, bindings)
+
+def value(name):
+  v = gin.query_parameter(name)
+  return v.scoped_configurable_fn() if hasattr(v, 'scoped_configurable_fn') else v
+
+def maybe(name):
+  try:
+    return value(name)
+  except ValueError:
+    return None
+
+model = value('%MODEL')
+lengths = dict(value('%TASK_FEATURE_LENGTHS'))
+shapes = jax.eval_shape(lambda rng: model.get_initial_variables(
+    rng, {'encoder_input_tokens': (1, lengths['inputs']),
+          'decoder_input_tokens': (1, lengths['targets'])},
+    {'encoder_input_tokens': jnp.int32, 'decoder_input_tokens': jnp.int32}),
+    jax.random.PRNGKey(0))
+print(json.dumps({
+    'model': type(model).__name__,
+    'config': model.config.to_dict(),
+    'controller': vars(model.controller),
+    'loss_normalizing_factor': model.objective.loss_normalizing_factor,
+    'optimizer': type(model.optimizer_def).__name__,
+    'num_params': int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(shapes['params']))),
+    'mutables': sorted(k for k in shapes if k not in ('params', 'params_axes')),
+    'lengths': lengths,
+    'task': value('%MIXTURE_OR_TASK_NAME'),
+    'task_module': value('%MIXTURE_OR_TASK_MODULE'),
+    'initial_checkpoint': maybe('%INITIAL_CHECKPOINT_PATH'),
+    'assignment_map': maybe('t5x.utils.RestoreCheckpointConfig.assignment_map'),
+    'fallback_to_scratch': maybe('t5x.utils.RestoreCheckpointConfig.fallback_to_scratch'),
+    'train_steps': maybe('%TRAIN_STEPS'),
+    'batch_size': maybe('%BATCH_SIZE'),
+}))
+"""
+
+
+def _probe(tool, files, *bindings):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+  done = subprocess.run([sys.executable, "-c", _PROBE, tool, ",".join(files), *bindings],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_small_span_corruption_is_the_papers_continued_pretraining():
+  run = _probe("train", ["t5x/mrt5_small_span_corruption.gin"], "MODEL_DIR='/tmp/unused'")
+  assert run["model"] == "MrT5Model" and run["mutables"] == ["controller", "controller_axes"]
+  config = run["config"]
+  assert (config["d_model"], config["d_ff"], config["num_heads"], config["num_encoder_layers"],
+          config["num_decoder_layers"]) == (1472, 3584, 6, 12, 4)
+  assert config["use_softmax1"] and config["delete_gate_layer"] == 3
+  assert config["sigmoid_mask_scale"] == -30.0 and config["deletion_threshold"] == -15.0
+  assert run["controller"]["target_deletion_rate"] == 0.5
+  assert run["loss_normalizing_factor"] == "NUM_REAL_TARGET_TOKENS"
+  assert run["optimizer"] == "OptaxWrapper"
+  assert run["lengths"] == {"inputs": 1024, "targets": 189}
+  assert run["task"] == "mrt5.span_corruption.mc4.multilingual15"
+  assert run["task_module"] == "mrt5_jax.tasks"
+  assert (run["train_steps"], run["batch_size"]) == (5000, 1024)
+  assert run["initial_checkpoint"] == (
+      "gs://t5-data/pretrained_models/t5x/byt5_small/checkpoint_1000000")
+  assert run["fallback_to_scratch"] is True
+  assert ["target/encoder/delete_gate/.*", None] in run["assignment_map"]
+  # ByT5 Small has ~300M parameters; the gate adds 2 * d_model + 1.
+  assert abs(run["num_params"] - (2 * 1472 + 1) - 300e6) / 300e6 < 0.005
+
+
+@pytest.mark.parametrize("size, byt5_params", [("base", 582e6), ("large", 1.23e9)])
+def test_size_files_have_byt5_sizes(size, byt5_params):
+  run = _probe("train", [f"t5x/mrt5_{size}.gin", "t5x/mrt5_continued_pretraining.gin"],
+               "MODEL_DIR='/tmp/unused'", "INITIAL_CHECKPOINT_PATH='/tmp/unused'",
+               "INPUTS_LENGTH=64")
+  d_model = run["config"]["d_model"]
+  assert abs(run["num_params"] - (2 * d_model + 1) - byt5_params) / byt5_params < 0.01
+  assert run["optimizer"] == "OptaxWrapper"
+
+
+@pytest.mark.parametrize("tool, gin_file, bindings", [
+    ("eval", "t5x/mrt5_small_eval.gin", ["CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'"]),
+    ("infer", "t5x/mrt5_tiny_infer.gin", ["CHECKPOINT_PATH='/c'", "INFER_OUTPUT_DIR='/o'"]),
+    ("train", "t5x/mrt5_tiny_cpu.gin", ["MODEL_DIR='/m'"]),
+])
+def test_eval_infer_and_cpu_files_parse(tool, gin_file, bindings):
+  run = _probe(tool, [gin_file], *bindings)
+  assert run["model"] == "MrT5Model" and run["task_module"] == "mrt5_jax.tasks"
+  assert run["config"]["hard_deletion_mode"] == "capacity"
+  assert run["task"].startswith("mrt5.span_corruption.")
+
+
+def test_finetune_file_restores_an_mrt5_checkpoint_with_a_fresh_optimizer():
+  run = _probe("train", ["t5x/mrt5_small.gin", "t5x/mrt5_finetune.gin"],
+               "MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'", "TRAIN_STEPS=100",
+               "MIXTURE_OR_TASK_NAME='mrt5.diagnostic.vowel_removal'",
+               "TASK_FEATURE_LENGTHS=@tasks.diagnostic_feature_lengths()")
+  assert run["optimizer"] == "Adafactor"
+  assert run["fallback_to_scratch"] is True
+  assert run["assignment_map"] == [["state/param_states/.*", None], ["state/step", None]]
