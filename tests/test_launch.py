@@ -62,7 +62,8 @@ def test_setup_from_a_git_url_clones_on_the_workers(capsys):
 
 def test_train_starts_t5x_on_all_workers_with_gcs_model_dir(capsys):
   (argv,) = _dry_run(tpu_vm, [*WHERE, "train", "--gin-file=t5x/mrt5_small_span_corruption.gin",
-                              "--model-dir=gs://bucket/mrt5_small", "--tfds-data-dir=gs://bucket/tfds",
+                              "--model-dir=gs://bucket/mrt5_small",
+                              "--tfds-data-dir=gs://bucket/tfds",
                               "--gin=TRAIN_STEPS=5000", "--gin=BATCH_SIZE=1024"], capsys)
   remote, worker = _remote(argv)
   assert worker == "all"

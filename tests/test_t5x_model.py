@@ -322,6 +322,27 @@ def test_hard_deletion_shortens_the_encoder_output():
                                 (real & (gate >= THRESHOLD)).sum(-1))
 
 
+def test_random_deletion_baseline_gets_its_rng_stream_everywhere():
+  """The random baseline needs a 'deletion' rng in init, training, eval and
+  prediction; its measured rate follows random_deletion_probability."""
+  config = _config(deletion_type="random", random_deletion_probability=0.5)
+  model = _model(config, inference_deletion="soft")
+  batch = _batch(batch=4, length=64)
+  variables = _variables(model, batch)
+  assert "delete_gate" not in variables["params"]["encoder"]
+  mutables = {"controller": _state(0.0)}
+  loss, (metrics, _) = model.loss_fn(variables["params"], batch, jax.random.PRNGKey(1), mutables)
+  rate = float(metrics["deletion/rate"].compute())
+  real = int((np.asarray(batch["encoder_input_tokens"]) > 0).sum())
+  assert abs(rate - 0.5) < 4 * np.sqrt(0.25 / real)
+  other_loss, _ = model.loss_fn(variables["params"], batch, jax.random.PRNGKey(2), mutables)
+  assert float(other_loss) != float(loss)  # another key deletes other positions
+  model.eval_fn(variables["params"], batch, mutables)
+  tokens, aux = jax.jit(model.predict_batch_with_aux)(variables["params"], batch)
+  assert tokens.shape == batch["decoder_input_tokens"].shape
+  assert np.all((np.asarray(aux["deletion_rate"]) > 0) & (np.asarray(aux["deletion_rate"]) < 1))
+
+
 # ----------------------------------------------------------------------------- ByT5 checkpoints
 
 
