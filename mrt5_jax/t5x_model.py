@@ -84,8 +84,9 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
       used by ``score_batch`` and ``predict_batch_with_aux``.
     compacted_length: encoder length after hard deletion (default: the
       network config's capacity length).
-    num_microbatches: bind to ``trainer.Trainer.num_microbatches`` so that the
-      controller steps once per optimizer step on the whole batch's rate.
+    num_microbatches: bind to ``trainer.Trainer.num_microbatches`` (the gin
+      files bind both to NUM_MICROBATCHES) so that the controller steps once
+      per optimizer step, on the whole batch's deletion rate.
   t5x's own ``z_loss``, ``label_smoothing`` and ``loss_normalizing_factor``
   keep their t5x meaning and feed ``objective.ObjectiveConfig``.
   """
@@ -147,15 +148,19 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
   # --------------------------------------------------------------------------- state
 
   def initial_flax_mutables(self) -> dict:
-    """The 'controller' collection at step 0 (plus micro-batch counters if used)."""
-    mutables = {controller_lib.COLLECTION: controller_lib.init_state(self.controller)}
-    if self.num_microbatches > 1:
-      mutables[MICROBATCH_COLLECTION] = {
-          "num_deleted": jnp.zeros((), jnp.float32),
-          "num_real": jnp.zeros((), jnp.float32),
-          "count": jnp.zeros((), jnp.int32),
-      }
-    return mutables
+    """The 'controller' collection at step 0 and empty micro-batch counters.
+
+    The counters exist with or without micro-batching, so a checkpoint
+    restores whatever NUM_MICROBATCHES the next run uses.
+    """
+    return {
+        controller_lib.COLLECTION: controller_lib.init_state(self.controller),
+        MICROBATCH_COLLECTION: {
+            "num_deleted": jnp.zeros((), jnp.float32),
+            "num_real": jnp.zeros((), jnp.float32),
+            "count": jnp.zeros((), jnp.int32),
+        },
+    }
 
   def _rngs(self, rng: Optional[jax.Array], dropout: bool) -> Optional[dict]:
     """Flax rngs: dropout when training; the random-deletion baseline's stream."""
@@ -213,16 +218,10 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
   def _advance_controller(self, flax_mutables, sums):
     """New mutables: the controller stepped once per optimizer step.
 
-    With micro-batches the deletion counts accumulate until the last
-    micro-batch of the step, which updates the controller on the whole
-    batch's rate.
+    Deletion counts accumulate over the micro-batches of a step; the last one
+    updates the controller with the whole batch's rate and clears them.
     """
     state = flax_mutables[controller_lib.COLLECTION]
-    new = flax.core.unfreeze(flax_mutables)
-    if self.num_microbatches == 1:
-      rate = jax.lax.stop_gradient(objective_lib.deletion_rate(sums))
-      new[controller_lib.COLLECTION] = controller_lib.update(state, rate, self.controller)
-      return _like(flax_mutables, new)
     counts = flax_mutables[MICROBATCH_COLLECTION]
     counts = {
         "num_deleted": counts["num_deleted"] + sums["num_deleted"],
@@ -232,6 +231,7 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     complete = counts["count"] >= self.num_microbatches
     rate = jax.lax.stop_gradient(objective_lib.deletion_rate(counts))
     stepped = controller_lib.update(state, rate, self.controller)
+    new = flax.core.unfreeze(flax_mutables)
     new[controller_lib.COLLECTION] = jax.tree_util.tree_map(
         lambda a, b: jnp.where(complete, a, b), stepped, dict(state))
     new[MICROBATCH_COLLECTION] = jax.tree_util.tree_map(

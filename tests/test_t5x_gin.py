@@ -72,7 +72,9 @@ def _probe(tool, files, *bindings):
 
 def test_small_span_corruption_is_the_papers_continued_pretraining():
   run = _probe("train", ["t5x/mrt5_small_span_corruption.gin"], "MODEL_DIR='/tmp/unused'")
-  assert run["model"] == "MrT5Model" and run["mutables"] == ["controller", "controller_axes"]
+  assert run["model"] == "MrT5Model"
+  assert run["mutables"] == ["controller", "controller_axes", "controller_microbatches",
+                             "controller_microbatches_axes"]
   config = run["config"]
   assert (config["d_model"], config["d_ff"], config["num_heads"], config["num_encoder_layers"],
           config["num_decoder_layers"]) == (1472, 3584, 6, 12, 4)

@@ -81,6 +81,10 @@ def _state(alpha, step=5):
   return state
 
 
+def _mutables(model, alpha, step=5):
+  return {**model.initial_flax_mutables(), "controller": _state(alpha, step)}
+
+
 def _gate_numpy(model, params, batch):
   """G (B, L) from the network and the real-position mask, as NumPy."""
   _, aux = model.module.apply({"params": params}, batch["encoder_input_tokens"],
@@ -113,11 +117,12 @@ def test_initial_variables_hold_the_controller_and_t5x_can_partition_them():
   model = _model()
   batch = _batch()
   variables = _variables(model, batch)
-  assert set(variables) == {"params", "params_axes", "controller", "controller_axes"}
+  assert set(variables) == {"params", "params_axes", "controller", "controller_axes",
+                            "controller_microbatches", "controller_microbatches_axes"}
   assert {k: float(v) for k, v in variables["controller"].items()} == {
       "alpha": 0.0, "p": 0.0, "i": 0.0, "step": 0.0}
   state = t5x_train_state.FlaxOptimTrainState.create(model.optimizer_def, variables)
-  assert set(state.flax_mutables) == {"controller"}
+  assert set(state.flax_mutables) == {"controller", "controller_microbatches"}
   partitioner = t5x_partitioning.PjitPartitioner(num_partitions=1)
   axes = partitioner.get_mesh_axes(state)
   assert set(axes.flax_mutables["controller"]) == {"alpha", "p", "i", "step"}
@@ -133,7 +138,7 @@ def test_loss_is_t5x_cross_entropy_plus_alpha_times_mean_gate():
   batch = _batch()
   params = _variables(model, batch)["params"]
   alpha = 0.37
-  loss, (metrics, _) = model.loss_fn(params, batch, None, {"controller": _state(alpha)})
+  loss, (metrics, _) = model.loss_fn(params, batch, None, _mutables(model, alpha))
 
   reference = t5x_models.EncoderDecoderModel(
       model.module, VOCAB, VOCAB, t5x_optimizers.adamw(1e-3), z_loss=1e-4,
@@ -183,33 +188,32 @@ def test_loss_equals_the_project_trainer_loss():
       config, optimizer=project_optimizers.OptimizerConfig(learning_rate=1e-3),
       objective=objective, controller=CONTROLLER, enable_dropout=False)
   model = _model(config)
-  for seed in (5,):
-    batch = _batch(seed=seed)
-    state = trainer.init_state(batch["encoder_input_tokens"].shape[1],
-                               batch["decoder_target_tokens"].shape[1])
-    controller_state = _state(0.21, step=3)
-    state["flax_mutables"] = {"controller": controller_state}
-    params = flax.core.freeze(jax.device_get(state["params"]))
-    mutables = flax.core.freeze({"controller": controller_state})
+  batch = _batch(seed=5)
+  state = trainer.init_state(batch["encoder_input_tokens"].shape[1],
+                             batch["decoder_target_tokens"].shape[1])
+  controller_state = _state(0.21, step=3)
+  state["flax_mutables"] = {"controller": controller_state}
+  params = flax.core.freeze(jax.device_get(state["params"]))
+  mutables = flax.core.freeze({**model.initial_flax_mutables(), "controller": controller_state})
 
-    loss, (_, new_mutables) = jax.jit(model.loss_fn)(params, batch, None, mutables)
-    t5x_state = _train_state(model, batch).replace_params(params).replace_flax_mutables(mutables)
-    _, t5x_metrics = jax.jit(lambda s, b: t5x_trainer.train_with_lr(
-        s, b, jnp.float32(1e-3), jax.random.PRNGKey(0), model, None))(t5x_state, batch)
-    _, trainer_metrics = trainer.train_step(state, {k: np.asarray(v) for k, v in batch.items()})
+  loss, (_, new_mutables) = jax.jit(model.loss_fn)(params, batch, None, mutables)
+  t5x_state = _train_state(model, batch).replace_params(params).replace_flax_mutables(mutables)
+  _, t5x_metrics = jax.jit(lambda s, b: t5x_trainer.train_with_lr(
+      s, b, jnp.float32(1e-3), jax.random.PRNGKey(0), model, None))(t5x_state, batch)
+  _, trainer_metrics = trainer.train_step(state, {k: np.asarray(v) for k, v in batch.items()})
 
-    assert abs(float(loss) - float(trainer_metrics["loss"])) < 1e-6
-    assert abs(float(t5x_metrics["loss"].compute()) - float(trainer_metrics["loss"])) < 1e-6
-    expected_alpha = max(0.0, 0.21 + CONTROLLER.k_p * (
-        CONTROLLER.target_deletion_rate - float(trainer_metrics["deletion_rate"])))
-    assert float(new_mutables["controller"]["alpha"]) == pytest.approx(expected_alpha, abs=1e-6)
+  assert abs(float(loss) - float(trainer_metrics["loss"])) < 1e-6
+  assert abs(float(t5x_metrics["loss"].compute()) - float(trainer_metrics["loss"])) < 1e-6
+  expected_alpha = max(0.0, 0.21 + CONTROLLER.k_p * (
+      CONTROLLER.target_deletion_rate - float(trainer_metrics["deletion_rate"])))
+  assert float(new_mutables["controller"]["alpha"]) == pytest.approx(expected_alpha, abs=1e-6)
 
 
 def test_eval_fn_reads_the_controller_without_stepping_it():
   model = _model()
   batch = _batch()
   params = _variables(model, batch)["params"]
-  mutables = {"controller": _state(0.5)}
+  mutables = _mutables(model, 0.5)
   eval_loss, metrics = model.eval_fn(params, batch, mutables)
   train_loss, _ = model.loss_fn(params, batch, None, mutables)
   assert float(eval_loss) == pytest.approx(float(train_loss), rel=1e-6)
@@ -242,7 +246,6 @@ def test_microbatched_step_steps_the_controller_once_on_the_whole_batch_rate():
   whole = _model()
   micro = _model(num_microbatches=2)
   state = _train_state(micro, batch)
-  assert set(state.flax_mutables) == {"controller", t5x_model.MICROBATCH_COLLECTION}
   gate, real = _gate_numpy(micro, state.params, batch)
   new_state, metrics = t5x_trainer.train_with_lr(
       state, batch, learning_rate=jnp.float32(1e-3), dropout_rng=jax.random.PRNGKey(0),
@@ -330,7 +333,7 @@ def test_random_deletion_baseline_gets_its_rng_stream_everywhere():
   batch = _batch(batch=4, length=64)
   variables = _variables(model, batch)
   assert "delete_gate" not in variables["params"]["encoder"]
-  mutables = {"controller": _state(0.0)}
+  mutables = _mutables(model, 0.0)
   loss, (metrics, _) = model.loss_fn(variables["params"], batch, jax.random.PRNGKey(1), mutables)
   rate = float(metrics["deletion/rate"].compute())
   real = int((np.asarray(batch["encoder_input_tokens"]) > 0).sum())
