@@ -134,8 +134,11 @@ class Encoder(nn.Module):
       raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")
     if gate is None or deletion == "soft":
       bias, allowed = self._full_length_bias(tokens, segment_ids)
-      key_bias = jnp.zeros((batch, length), jnp.float32) if gate is None else gate
-      bias = bias + key_bias[:, None, None, :].astype(bias.dtype)
+      if gate is None:
+        key_bias = jnp.zeros((batch, length), jnp.float32)
+      else:
+        key_bias = gate
+        bias = bias + key_bias[:, None, None, :].astype(bias.dtype)
       x = hidden
       for layer in self.layers[self.gate_layer:]:
         x = layer(x, bias, allowed, deterministic)
