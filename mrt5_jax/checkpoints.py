@@ -11,7 +11,6 @@ either.
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Mapping, Optional
 

@@ -285,7 +285,6 @@ class Transformer(nn.Module):
     (B, Lc) is added to cross-attention logits: ``EncoderOutput.key_bias``.
     """
     del decoder_positions
-    cfg = self.config
     self._check_tokens(decoder_input_tokens, "decoder_input_tokens")
     if decode:
       length = max_decode_length or decoder_input_tokens.shape[1]

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from mrt5_jax.config import bucket_lengths
-from mrt5_jax.decoding import token_log_likelihood
 from mrt5_jax.inference import InferenceRunner
 from tests.network_testing import init_params, random_batch, tiny_config
 

@@ -18,35 +18,17 @@ from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from mrt5_jax.cli import common  # noqa: E402
+
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
-    return 0
-  from mrt5_jax.cli.train import _setup_logging
-  _setup_logging()
-  from mrt5_jax import gin_utils
-  try:
-    rest = gin_utils.parse_argv(argv)
-  except ValueError as e:
-    print(f"mrt5-eval: {e}", file=sys.stderr)
-    return 2
-  if rest:
-    print(f"mrt5-eval: unknown arguments {rest} (use --gin_file and --gin.NAME=VALUE)",
-          file=sys.stderr)
-    return 2
-  from mrt5_jax import evaluation
-  try:
-    results = evaluation.evaluate()
-  except RuntimeError as e:
-    if "Required bindings" not in str(e):
-      raise
-    print(f"mrt5-eval: missing gin binding: {e}", file=sys.stderr)
-    return 2
-  except (ValueError, FileNotFoundError) as e:
-    print(f"mrt5-eval: {e}", file=sys.stderr)
-    return 1
+  def job():
+    from mrt5_jax import evaluation
+    return evaluation.evaluate()
+
+  code, results = common.run_gin_job("mrt5-eval", __doc__, argv, job)
+  if code is not None:
+    return code
   print(json.dumps(results, indent=2, sort_keys=True))
   return 0
 

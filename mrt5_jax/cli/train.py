@@ -9,22 +9,13 @@ deletion rate reached against the target and where the checkpoint is.
 """
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from typing import Optional, Sequence
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-
-def _setup_logging() -> None:
-  logging.basicConfig(level=logging.ERROR, force=True)
-  handler = logging.StreamHandler(sys.stdout)
-  handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
-  logger = logging.getLogger("mrt5_jax")
-  logger.handlers = [handler]
-  logger.setLevel(logging.INFO)
-  logger.propagate = False
+from mrt5_jax.cli import common  # noqa: E402
 
 
 def summary(result) -> str:
@@ -51,32 +42,13 @@ def summary(result) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  argv = sys.argv[1:] if argv is None else list(argv)
-  if any(a in ("-h", "--help") for a in argv):
-    print(__doc__)
-    return 0
-  _setup_logging()
-  from mrt5_jax import gin_utils
-  try:
-    rest = gin_utils.parse_argv(argv)
-  except ValueError as e:
-    print(f"mrt5-train: {e}", file=sys.stderr)
-    return 2
-  if rest:
-    print(f"mrt5-train: unknown arguments {rest} (use --gin_file and --gin.NAME=VALUE)",
-          file=sys.stderr)
-    return 2
-  from mrt5_jax import trainer
-  try:
-    result = trainer.train()
-  except RuntimeError as e:
-    if "Required bindings" not in str(e):
-      raise
-    print(f"mrt5-train: missing gin binding: {e}", file=sys.stderr)
-    return 2
-  except (ValueError, FileNotFoundError) as e:
-    print(f"mrt5-train: {e}", file=sys.stderr)
-    return 1
+  def job():
+    from mrt5_jax import trainer
+    return trainer.train()
+
+  code, result = common.run_gin_job("mrt5-train", __doc__, argv, job)
+  if code is not None:
+    return code
   print(summary(result), flush=True)
   return 130 if result.interrupted else 0
 
