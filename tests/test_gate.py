@@ -26,7 +26,7 @@ def test_gate_value_matches_published_formula():
   np.testing.assert_allclose(np.asarray(gate), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_fresh_gate_deletes_nothing_on_average():
+def test_fresh_gate_has_bias_one_so_a_neutral_input_gets_k_sigmoid_minus_one():
   cfg = tiny_config()
   hidden = np.zeros((1, 4, cfg.d_model), np.float32)
   module = gate_lib.DeleteGate(cfg)
