@@ -50,5 +50,8 @@ def test_gate_learns_to_delete_vowels(tmp_path):
   assert deleted_letters.sum() > 0
   # the payload is the letters; "#" (a constant prefix) and EOS are scaffolding.
   vowel_share = (deleted_letters & vowels).sum() / deleted_letters.sum()
+  all_share = (deleted & vowels).sum() / deleted.sum()
+  print(f"deleted letters that are vowels: {vowel_share:.3f}; deleted positions (with the '#' "
+        f"prefix and EOS) that are vowels: {all_share:.3f}")
   assert vowel_share >= 0.8, vowel_share
   assert (deleted & vowels).sum() / vowels.sum() >= 0.3  # and a good part of the vowels go
