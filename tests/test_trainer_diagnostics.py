@@ -15,6 +15,7 @@ from mrt5_jax.tasks import VOWELS
 from tests.trainer_helpers import diagnostic_dataset, run
 
 SEQ = 16
+VOWEL_SEQ = 32  # '#' + 30 letters + EOS: long enough that the constant bytes are few
 
 
 @pytest.mark.slow
@@ -29,29 +30,27 @@ def test_controller_reaches_target_in_real_training(tmp_path):
 
 @pytest.mark.slow
 def test_gate_learns_to_delete_vowels(tmp_path):
+  """>= 80% of all deleted positions ('#' prefix and EOS included) are vowels."""
   config = config_lib.preset("tiny")
-  dataset = diagnostic_dataset("vowel_removal", batch_size=64, seed=0, length=SEQ)
+  dataset = diagnostic_dataset("vowel_removal", batch_size=64, seed=0, length=VOWEL_SEQ)
   result = run(tmp_path, 1500, dataset=dataset, config=config, lr=5e-3, log_every=100,
                controller=ctl.ControllerConfig(kind="p", target_deletion_rate=0.15, k_p=0.01,
                                                regularizer_delay=600))
   assert result.history[-1]["cross_entropy_per_token"] < 0.3  # the task is learned
   params = checkpoints.restore_params(result.model_dir)
-  validation = diagnostic_dataset("vowel_removal", batch_size=256, length=SEQ, split="validation")
+  validation = diagnostic_dataset("vowel_removal", batch_size=256, length=VOWEL_SEQ,
+                                  split="validation")
   batch = next(data.get_dataset(validation).as_numpy_iterator())
   module = network.Transformer(config)
   _, gate, _ = module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
                             method=module.encode_stage_one)
   tokens = batch["encoder_input_tokens"]
   deleted = (np.asarray(gate) < config.deletion_threshold) & (tokens > 0)
-  letters = np.isin(tokens, [ord(c) + 3 for c in
-                             "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"])
   vowels = np.isin(tokens, [ord(c) + 3 for c in VOWELS])
-  deleted_letters = deleted & letters
-  assert deleted_letters.sum() > 0
-  # the payload is the letters; "#" (a constant prefix) and EOS are scaffolding.
-  vowel_share = (deleted_letters & vowels).sum() / deleted_letters.sum()
-  all_share = (deleted & vowels).sum() / deleted.sum()
-  print(f"deleted letters that are vowels: {vowel_share:.3f}; deleted positions (with the '#' "
-        f"prefix and EOS) that are vowels: {all_share:.3f}")
+  assert deleted.sum() > 0
+  vowel_share = (deleted & vowels).sum() / deleted.sum()
+  vowels_deleted = (deleted & vowels).sum() / vowels.sum()
+  print(f"deleted positions that are vowels: {vowel_share:.3f}; vowels deleted: "
+        f"{vowels_deleted:.3f}")
   assert vowel_share >= 0.8, vowel_share
-  assert (deleted & vowels).sum() / vowels.sum() >= 0.3  # and a good part of the vowels go
+  assert vowels_deleted >= 0.5, vowels_deleted  # and most vowels go
