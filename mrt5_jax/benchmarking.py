@@ -18,19 +18,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrt5_jax.config import MrT5Config, preset
+from mrt5_jax.hard_deletion import InferenceConfig
 from mrt5_jax.inference import InferenceRunner
 from mrt5_jax.network import Transformer
 
 CPU_BENCH_SIZE = dict(d_model=256, d_ff=640, num_heads=4, head_dim=64, num_encoder_layers=12,
                       num_decoder_layers=4)
+BENCH_INFERENCE = InferenceConfig(mode="bucketed", bucket_step=64, min_bucket_length=64)
 
 
 def benchmark_config(name: str, gate_layer: int = 3) -> MrT5Config:
   """``cpu``: a 12-layer model a 2-core machine runs at length 1024; ``small``: ByT5-small."""
   sizes = CPU_BENCH_SIZE if name == "cpu" else {}
   base = "tiny" if name == "cpu" else name
-  return preset(base, **sizes, delete_gate_layer=gate_layer, hard_deletion_mode="bucketed",
-                bucket_step=64, min_bucket_length=64)
+  return preset(base, **sizes, delete_gate_layer=gate_layer)
 
 
 def layer_flops(length: int, config: MrT5Config) -> float:
@@ -86,10 +87,8 @@ def force_rate(runner: InferenceRunner, tokens: np.ndarray, rate: float):
   """Params whose gate bias deletes ``rate`` of the fullest row (others delete more)."""
   params = jax.tree_util.tree_map(lambda x: x, runner.params)
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.zeros((1,), jnp.float32)
-  module = runner.module
-  _, _, logits = module.apply({"params": params}, tokens, None, False,
-                              method=module.encode_stage_one)
-  logits = np.asarray(logits)
+  reading, _ = runner.path.read_gate(params, tokens)
+  logits = np.asarray(reading.gate_logits)
   cut = max(np.quantile(row, rate, method="lower") for row in logits)
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.asarray([-float(cut) - 1e-4],
                                                                   jnp.float32)
@@ -141,7 +140,7 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
   byt5_score_fn = lambda: byt5.score(tokens, decoder_inputs, targets)
 
   results = []
-  mrt5 = InferenceRunner(config, params, mode="bucketed")
+  mrt5 = InferenceRunner(config, params, inference=BENCH_INFERENCE)
   for rate in rates:
     mrt5.params = force_rate(mrt5, tokens, rate)
     out = mrt5.encode(tokens)
@@ -174,7 +173,8 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
       "config": config_name,
       "model": {k: getattr(config, k) for k in ("d_model", "d_ff", "num_heads", "head_dim",
                                                 "num_encoder_layers", "num_decoder_layers",
-                                                "delete_gate_layer", "bucket_step")},
+                                                "delete_gate_layer")},
+      "bucket_step": BENCH_INFERENCE.bucket_step,
       "length": length, "target_length": target_length, "batch": batch, "repeats": repeats,
       "rates": [dataclasses.asdict(r) for r in results],
       "compiled_encoder_programs": mrt5.num_compiled_programs,

@@ -19,13 +19,10 @@ class Compaction:
   indices: (B, Lc) int32 original position of each slot (kept ones first, in
     order; unused slots point at position 0 and are invalid).
   valid: (B, Lc) bool, the slot holds a kept position.
-  num_kept: (B,) int32 positions that passed the threshold (after the
-    at-least-one rule), before any capacity cut.
   num_dropped: (B,) int32 kept positions that did not fit into Lc.
   """
   indices: jax.Array
   valid: jax.Array
-  num_kept: jax.Array
   num_dropped: jax.Array
 
 
@@ -83,7 +80,7 @@ def compact_indices(keep: jax.Array, gate: jax.Array, length: int) -> Compaction
   valid = jnp.take_along_axis(selected, indices, axis=-1)
   indices = jnp.where(valid, indices, 0)
   num_dropped = num_kept - jnp.sum(valid, axis=-1).astype(jnp.int32)
-  return Compaction(indices=indices, valid=valid, num_kept=num_kept, num_dropped=num_dropped)
+  return Compaction(indices=indices, valid=valid, num_dropped=num_dropped)
 
 
 def gather(values: jax.Array, indices: jax.Array) -> jax.Array:

@@ -1,9 +1,10 @@
 """Evaluation with soft and hard deletion (loss, CE, accuracy, deletion metrics).
 
-Soft: the training computation without dropout. Hard: deleted positions are
-removed; the compacted length is the batch's largest kept count rounded up to a
-bucket (``config.bucket_for``), picked on the host between two compiled
-programs, so nothing overflows and a stream costs one program per bucket.
+Every batch runs the encoder prefix once (``hard_deletion.EncodePath.read_gate``):
+the gate values it returns give the hard-deletion bucket (the batch's largest
+kept count rounded up, so nothing overflows and a stream costs one program per
+bucket) and the deletion profile, and both the soft and the hard loss continue
+from it.
 """
 from __future__ import annotations
 
@@ -12,19 +13,37 @@ from typing import Any, Iterable, Mapping, Optional
 import gin
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from mrt5_jax import compaction
 from mrt5_jax import controller as controller_lib
 from mrt5_jax import data as data_lib
+from mrt5_jax import gate as gate_lib
 from mrt5_jax import objective as objective_lib
 from mrt5_jax import partitioning
-from mrt5_jax.config import bucket_for
+from mrt5_jax import train_step
+from mrt5_jax.hard_deletion import EncodePath, InferenceConfig
 
 MODES = ("soft", "hard")
 # Metric sums that are per-batch means (averaged over batches, not summed).
 _PER_BATCH_MEANS = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty")
+
+
+class DeletionProfile:
+  """Per input byte id: how often the gate deleted it and how often it was seen."""
+
+  def __init__(self, vocab_size: int):
+    self.deleted = np.zeros(vocab_size, np.int64)
+    self.seen = np.zeros(vocab_size, np.int64)
+
+  def add(self, tokens: np.ndarray, deleted: np.ndarray, real: np.ndarray) -> None:
+    """tokens, deleted, real: (B, L); ``deleted`` from ``gate.deleted_positions``."""
+    tokens, real = np.asarray(tokens), np.asarray(real).astype(bool)
+    np.add.at(self.deleted, tokens[np.asarray(deleted).astype(bool) & real], 1)
+    np.add.at(self.seen, tokens[real], 1)
+
+  def as_dict(self) -> dict[int, tuple[int, int]]:
+    return {int(i): (int(self.deleted[i]), int(self.seen[i]))
+            for i in np.nonzero(self.seen)[0]}
 
 
 class Evaluator:
@@ -32,76 +51,79 @@ class Evaluator:
 
   def __init__(self, module, partitioner: partitioning.Partitioner,
                objective: objective_lib.ObjectiveConfig,
-               controller: controller_lib.ControllerConfig):
+               controller: controller_lib.ControllerConfig,
+               inference: InferenceConfig = InferenceConfig()):
     self.module = module
     self.config = module.config
     self.partitioner = partitioner
     self.objective = objective
     self.controller = controller
-    config = self.config
+    self.path = EncodePath(module, inference.replace(mode="bucketed"))
 
-    def metric_sums(params, controller_state, batch, deletion, compacted_length):
+    def metric_sums(params, controller_state, batch, stage_one, deletion, compacted_length):
       _, sums = objective_lib.compute_loss(
           module, params, controller_state, batch, None, objective=objective,
           controller=controller, enable_dropout=False, deletion=deletion,
-          compacted_length=compacted_length)
+          compacted_length=compacted_length, stage_one=stage_one)
       return sums
 
-    def max_kept(params, batch):
-      tokens = batch["encoder_input_tokens"]
-      segment_ids = batch.get("encoder_segment_ids")
-      _, gate, _ = module.apply({"params": params}, tokens, segment_ids, False,
-                                method=module.encode_stage_one)
-      real = objective_lib.real_encoder_mask(tokens, segment_ids)
-      return jnp.max(compaction.count_kept(gate, real, config.deletion_threshold, segment_ids))
-
-    self._sums = jax.jit(metric_sums, static_argnums=(3, 4))
-    self._max_kept = jax.jit(max_kept)
+    self._sums = jax.jit(metric_sums, static_argnames=("deletion", "compacted_length"))
 
   @property
   def modes(self) -> tuple[str, ...]:
     return MODES if self.config.has_gate else ("soft",)
 
-  def hard_length(self, params, batch) -> int:
-    """The bucketed compacted length hard deletion uses for this batch."""
-    length = batch["encoder_input_tokens"].shape[1]
-    kept = int(self._max_kept(params, batch))
-    return bucket_for(self.config, length, max(kept, 1))
-
-  def batch_sums(self, params, controller_state, batch, mode: str) -> dict:
-    if mode not in MODES:
-      raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+  def batch_sums(self, params, controller_state, batch, modes: Optional[Iterable[str]] = None,
+                 profile: Optional[DeletionProfile] = None) -> dict[str, dict]:
+    """{mode: metric sums} of one batch; adds the batch to ``profile`` if given."""
+    modes = tuple(self.modes if modes is None else modes)
+    for mode in modes:
+      if mode not in MODES:
+        raise ValueError(f"evaluation mode must be one of {MODES}, got {mode!r}")
+    results = {}
     with self.partitioner.context():
       batch = self.partitioner.shard_batch(batch)
-      if mode == "soft":
-        return self._sums(params, controller_state, batch, "soft", None)
-      return self._sums(params, controller_state, batch, "hard", self.hard_length(params, batch))
+      tokens = batch["encoder_input_tokens"]
+      segment_ids = batch.get("encoder_segment_ids")
+      stage_one, kept = self.path.read_gate(params, tokens, segment_ids)
+      for mode in modes:
+        length = None
+        if mode == "hard":
+          length = self.path.compacted_length(kept, tokens.shape[1])
+        results[mode] = self._sums(params, controller_state, batch, stage_one, mode, length)
+    if profile is not None and stage_one.gate is not None:
+      real = np.asarray(objective_lib.real_encoder_mask(tokens, segment_ids))
+      deleted = gate_lib.deleted_positions(stage_one.gate, real, self.config.deletion_threshold)
+      profile.add(np.asarray(tokens), np.asarray(deleted), real)
+    return results
 
-  def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]]
-                       ) -> dict[str, dict[str, float]]:
+  def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]],
+                       profile: Optional[DeletionProfile] = None) -> dict[str, dict[str, float]]:
     """{'soft': metrics, 'hard': metrics} over all ``batches`` (hard only with a gate)."""
     totals: dict[str, Any] = {}
     count = 0
     for batch in batches:
       count += 1
-      for mode in self.modes:
-        sums = self.batch_sums(params, controller_state, batch, mode)
+      for mode, sums in self.batch_sums(params, controller_state, batch,
+                                        profile=profile).items():
         totals[mode] = sums if mode not in totals else objective_lib.merge_metric_sums(
             totals[mode], sums)
     if not count:
       raise ValueError("evaluation got no batches (is the eval split empty?)")
+    alpha = controller_lib.effective_alpha(controller_state, self.controller)
     results = {}
     for mode, sums in totals.items():
       sums = dict(sums)
       for key in _PER_BATCH_MEANS:
         sums[key] = sums[key] / count
-      metrics = objective_lib.finalize_metrics(sums, controller_state, self.controller)
+      metrics = train_step.finalize(train_step.step_metrics(sums, alpha))
       results[mode] = {k: float(v) for k, v in jax.device_get(metrics).items()}
       results[mode]["num_batches"] = float(count)
     return results
 
   def evaluate_dataset(self, params, controller_state, dataset: data_lib.DatasetConfig,
-                       num_batches: Optional[int]) -> dict[str, dict[str, float]]:
+                       num_batches: Optional[int],
+                       profile: Optional[DeletionProfile] = None) -> dict[str, dict[str, float]]:
     """Evaluate the first ``num_batches`` batches (None: the whole split, one epoch)."""
     import itertools
     host, hosts = jax.process_index(), jax.process_count()
@@ -109,33 +131,24 @@ class Evaluator:
     batches = ds.as_numpy_iterator()
     if num_batches is not None:
       batches = itertools.islice(batches, num_batches)
-    return self.evaluate_batches(params, controller_state, batches)
+    return self.evaluate_batches(params, controller_state, batches, profile)
 
 
-def deletion_profile(module, params, batches: Iterable[Mapping[str, np.ndarray]]
+def deletion_profile(path: EncodePath, params, batches: Iterable[Mapping[str, np.ndarray]]
                      ) -> dict[int, tuple[int, int]]:
   """Per input byte id: (times deleted, times seen) over real encoder positions."""
-  config = module.config
+  config = path.config
   if not config.has_gate:
     return {}
-
-  @jax.jit
-  def deleted(params, tokens, segment_ids):
-    _, gate, _ = module.apply({"params": params}, tokens, segment_ids, False,
-                              method=module.encode_stage_one)
-    return gate < config.deletion_threshold
-
-  deleted_counts = np.zeros(config.vocab_size, np.int64)
-  seen_counts = np.zeros(config.vocab_size, np.int64)
+  profile = DeletionProfile(config.vocab_size)
   for batch in batches:
     tokens = np.asarray(batch["encoder_input_tokens"])
     segment_ids = batch.get("encoder_segment_ids")
+    stage_one, _ = path.read_gate(params, tokens, segment_ids)
     real = np.asarray(objective_lib.real_encoder_mask(tokens, segment_ids))
-    mask = np.asarray(deleted(params, tokens, segment_ids)) & real
-    np.add.at(deleted_counts, tokens[mask], 1)
-    np.add.at(seen_counts, tokens[real], 1)
-  return {int(i): (int(deleted_counts[i]), int(seen_counts[i]))
-          for i in np.nonzero(seen_counts)[0]}
+    profile.add(tokens, np.asarray(gate_lib.deleted_positions(
+        stage_one.gate, real, config.deletion_threshold)), real)
+  return profile.as_dict()
 
 
 def byte_label(token_id: int) -> str:
@@ -160,11 +173,12 @@ def describe_profile(profile: Mapping[int, tuple[int, int]], top: int = 12) -> s
 
 def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
                    num_examples: Optional[int] = None, mode: Optional[str] = None,
-                   max_decode_length: Optional[int] = None) -> dict[str, dict[str, float]]:
+                   max_decode_length: Optional[int] = None,
+                   inference: InferenceConfig = InferenceConfig()) -> dict[str, dict[str, float]]:
   """The task's own seqio metrics: greedy predictions and target scores under hard deletion.
 
   ``mode`` is the InferenceRunner mode ('bucketed', 'capacity' or 'soft';
-  default: the config's hard-deletion mode). Returns {task name: metrics}.
+  default: ``inference.mode``). Returns {task name: metrics}.
   """
   import seqio
   from mrt5_jax.inference import InferenceRunner
@@ -176,7 +190,7 @@ def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
       eval_split=dataset.split, seed=dataset.seed, sequence_length=lengths,
       num_examples=num_examples, logger_cls=(), use_memory_cache=True,
       async_compute_metrics=False)
-  runner = InferenceRunner(config, params, mode=mode)
+  runner = InferenceRunner(config, params, mode=mode, inference=inference)
   decode_length = max_decode_length or lengths["targets"]
 
   def batches(ds):
@@ -213,6 +227,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
              objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig(),
              controller: controller_lib.ControllerConfig = controller_lib.ControllerConfig(),
              mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+             inference: InferenceConfig = InferenceConfig(),
              seqio_metrics: bool = False,
              seqio_num_examples: Optional[int] = 64,
              params=None) -> dict:
@@ -221,34 +236,25 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   Returns {'checkpoint', 'soft', 'hard', 'most_deleted', ['seqio']}. The loss
   uses the checkpoint's alpha (from its controller state) when it has one.
   """
-  import itertools
-  import os
-
   from mrt5_jax import checkpoints
   from mrt5_jax.network import Transformer
 
   config = checkpoints.read_config(model_dir)
-  root = checkpoints.checkpoint_dir(model_dir)
-  if step is None:
-    step = checkpoints.latest_step(model_dir)
-    if step is None:
-      raise ValueError(f"no checkpoint under {root!r}")
-  path = os.path.join(root, str(step))
+  location = checkpoints.locate(model_dir, step)
   if params is None:
-    params = checkpoints.restore_params(path)
-  controller_state = checkpoints.restore_controller(path) or controller_lib.init_state(controller)
+    params = checkpoints.restore_params(location.step_dir)
+  controller_state = (checkpoints.restore_controller(location.step_dir)
+                      or controller_lib.init_state(controller))
   module = Transformer(config)
   part = partitioning.Partitioner(mesh)
-  evaluator = Evaluator(module, part, objective, controller)
+  evaluator = Evaluator(module, part, objective, controller, inference)
   params = jax.device_put(params, part.replicated)
-  results: dict = {"checkpoint": path}
-  results.update(evaluator.evaluate_dataset(params, controller_state, eval_dataset, num_batches))
-  host, hosts = jax.process_index(), jax.process_count()
-  batches = data_lib.get_dataset(eval_dataset, shard_id=host, num_shards=hosts).as_numpy_iterator()
-  if num_batches is not None:
-    batches = itertools.islice(batches, num_batches)
-  results["most_deleted"] = describe_profile(deletion_profile(module, params, batches))
+  profile = DeletionProfile(config.vocab_size)
+  results: dict = {"checkpoint": location.step_dir}
+  results.update(evaluator.evaluate_dataset(params, controller_state, eval_dataset, num_batches,
+                                            profile))
+  results["most_deleted"] = describe_profile(profile.as_dict())
   if seqio_metrics:
     results["seqio"] = seqio_evaluate(config, jax.device_get(params), eval_dataset,
-                                      num_examples=seqio_num_examples)
+                                      num_examples=seqio_num_examples, inference=inference)
   return results

@@ -16,6 +16,9 @@ import numpy as np
 from mrt5_jax import layers
 from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS, MrT5Config
 
+# Logical name of the gate's one-wide output axis (never sharded nor factored).
+GATE_SCORE_AXIS = "gate_score"
+
 
 def scaled_sigmoid(logits: jax.Array, scale: float) -> jax.Array:
   """G = k * sigmoid(-logits)."""
@@ -27,16 +30,19 @@ def mask_pads(gate: jax.Array, real: jax.Array, scale: float) -> jax.Array:
   return jnp.where(real > 0, gate, jnp.asarray(scale, gate.dtype))
 
 
-def deletion_mask(gate: jax.Array, threshold: float) -> jax.Array:
-  """(B, L) bool: True where the gate deletes the position."""
-  return gate < threshold
+def deleted_positions(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
+  """(B, L) bool: real positions whose G lies below the threshold.
+
+  The one definition of "deleted" behind every deletion rate (training
+  metrics, the controller, evaluation, prediction aux, the deletion profile).
+  """
+  return jnp.logical_and(gate < threshold, real > 0)
 
 
-def deletion_rate(gate: jax.Array, real: jax.Array, threshold: float) -> jax.Array:
-  """Share of real positions with G < threshold (scalar float32)."""
-  real = real > 0
-  deleted = jnp.logical_and(deletion_mask(gate, threshold), real)
-  return jnp.sum(deleted).astype(jnp.float32) / jnp.maximum(jnp.sum(real), 1).astype(jnp.float32)
+def deletion_rate(num_deleted: jax.Array, num_real: jax.Array) -> jax.Array:
+  """Deleted share of real positions from counts (0 when there are none)."""
+  return jnp.asarray(num_deleted, jnp.float32) / jnp.maximum(
+      jnp.asarray(num_real, jnp.float32), 1.0)
 
 
 def random_gate(rng: jax.Array, real: jax.Array, probability: float, scale: float) -> jax.Array:
@@ -70,8 +76,9 @@ class DeleteGate(nn.Module):
   """Scores each position; reads the hidden state entering ``delete_gate_layer``.
 
   Params: ``layer_norm/scale`` (optional), ``dense/kernel`` (d_model, 1) and
-  ``dense/bias`` (1,). Xavier-uniform kernel and bias 1 make G ~ -8 at start,
-  so nothing is deleted before training.
+  ``dense/bias`` (1,). Xavier-uniform kernel and bias 1 make G ~ -8 on
+  average at start (the logit's spread of about sqrt(2) already deletes
+  roughly a quarter of positions in a fresh gate).
   """
   config: MrT5Config
 
@@ -85,8 +92,9 @@ class DeleteGate(nn.Module):
       if cfg.gate_layer_norm:
         x = layers.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
                            name="layer_norm")(x)
-      logits = layers.Dense(1, ("embed", None), kernel_init=nn.initializers.xavier_uniform(),
-                            use_bias=True, bias_init=nn.initializers.ones, bias_axes=(None,),
+      logits = layers.Dense(1, ("embed", GATE_SCORE_AXIS),
+                            kernel_init=nn.initializers.xavier_uniform(), use_bias=True,
+                            bias_init=nn.initializers.ones, bias_axes=(GATE_SCORE_AXIS,),
                             dtype=jnp.float32, name="dense")(x.astype(jnp.float32))[..., 0]
       gate = scaled_sigmoid(logits, cfg.sigmoid_mask_scale)
     elif cfg.deletion_type == "random":

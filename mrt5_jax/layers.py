@@ -149,13 +149,33 @@ class RelativePositionBiases(nn.Module):
     return jnp.transpose(values, (0, 3, 1, 2)).astype(self.dtype)
 
 
+def _write_at(cache: jax.Array, step: jax.Array, index: jax.Array) -> jax.Array:
+  """cache (B, T, H, D) with ``step`` (B, 1, H, D) written at position ``index``:
+  a scalar (every row) or a (B,) vector (one position per row)."""
+  if index.ndim == 0:
+    return jax.lax.dynamic_update_slice(cache, step, (0, index, 0, 0))
+  one_hot = jax.nn.one_hot(index, cache.shape[1], dtype=cache.dtype)[:, :, None, None]
+  return cache * (1 - one_hot) + step * one_hot
+
+
+def _query_row(bias: jax.Array, index: jax.Array, batch: int) -> jax.Array:
+  """Row ``index`` (scalar or (B,)) of a (B|1, H|1, T, T) bias -> (B|1, H|1, 1, T)."""
+  if index.ndim == 0:
+    return jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+  bias = jnp.broadcast_to(bias, (batch,) + bias.shape[1:])
+  return jax.vmap(lambda b, i: jax.lax.dynamic_slice_in_dim(b, i, 1, axis=-2))(bias, index)
+
+
 class MultiHeadAttention(nn.Module):
   """T5 multi-head attention with t5x names (query/key/value/out) and a KV cache.
 
   ``bias`` (B|1, H|1, Q, K) carries masks, relative positions and delete-gate
   values. With ``decode=True`` and an initialised cache, ``inputs_q`` is one
-  step (B, 1, E) and keys/values are appended to the cache; ``bias`` then must
-  already cover the full cache length.
+  step (B, 1, E) and keys/values are written at the cache index; ``bias`` then
+  must already cover the full cache length. ``prefill=True`` writes a whole
+  prompt (B, T, E) into the cache and sets each row's index to
+  ``prefill_lengths`` (B,), as t5x's prompt prefilling expects; after that
+  the index is per row.
   """
   num_heads: int
   head_dim: int
@@ -168,7 +188,9 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
                bias: Optional[jax.Array] = None, *, penalty_valid: Optional[jax.Array] = None,
-               decode: bool = False, deterministic: bool = True) -> jax.Array:
+               decode: bool = False, prefill: bool = False,
+               prefill_lengths: Optional[jax.Array] = None,
+               deterministic: bool = True) -> jax.Array:
     inner = self.num_heads * self.head_dim
     depth_scaling = math.sqrt(self.head_dim)
 
@@ -185,21 +207,27 @@ class MultiHeadAttention(nn.Module):
     key = with_sharding_constraint(key, ("batch", "length", "heads", "kv"))
     value = with_sharding_constraint(value, ("batch", "length", "heads", "kv"))
 
-    if decode:
+    if decode or prefill:
       initialised = self.has_variable("cache", "cached_key")
       cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, key.dtype)
       cached_value = self.variable("cache", "cached_value", jnp.zeros, value.shape, value.dtype)
       cache_index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
-      if initialised:
+      if prefill:
+        if not initialised or key.shape != cached_key.value.shape:
+          raise ValueError("prefill writes a whole prompt into an initialised cache of the "
+                           f"same length; got keys {key.shape}")
+        cached_key.value, cached_value.value = key, value
+        cache_index.value = jnp.broadcast_to(prefill_lengths, (batch,)).astype(jnp.int32)
+      elif initialised:
         if query.shape[1] != 1:
           raise ValueError(f"cached decoding takes one position per step, got {query.shape[1]}")
         index = cache_index.value
-        key = jax.lax.dynamic_update_slice(cached_key.value, key, (0, index, 0, 0))
-        value = jax.lax.dynamic_update_slice(cached_value.value, value, (0, index, 0, 0))
+        key = _write_at(cached_key.value, key, index)
+        value = _write_at(cached_value.value, value, index)
         cached_key.value, cached_value.value = key, value
         cache_index.value = index + 1
         if bias is not None and bias.shape[-2] != 1:
-          bias = jax.lax.dynamic_slice_in_dim(bias, index, 1, axis=-2)
+          bias = _query_row(bias, index, batch)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

@@ -19,10 +19,23 @@ import jax.numpy as jnp
 from mrt5_jax import attention as attn_lib
 from mrt5_jax import compaction
 from mrt5_jax import layers
-from mrt5_jax.config import MrT5Config, capacity_length
+from mrt5_jax.config import MrT5Config
 from mrt5_jax.gate import DeleteGate
 
 DELETION_MODES = ("soft", "hard")
+
+
+@flax.struct.dataclass
+class StageOneOutput:
+  """The encoder up to the gate.
+
+  hidden: (B, L, E) the hidden state entering layer ``delete_gate_layer``.
+  gate: (B, L) float32 G (pad = k), or None (no gate).
+  gate_logits: (B, L) float32 pre-sigmoid gate scores, or None.
+  """
+  hidden: jax.Array
+  gate: Optional[jax.Array]
+  gate_logits: Optional[jax.Array]
 
 
 @flax.struct.dataclass
@@ -75,8 +88,9 @@ class EncoderLayer(nn.Module):
     dtype = _dtype(cfg)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_attention_layer_norm")(x)
     h = layers.MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.use_softmax1,
-        cfg.float32_attention_logits, self.collect_score_penalty, dtype,
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
+        use_softmax1=cfg.use_softmax1, float32_logits=cfg.float32_attention_logits,
+        collect_score_penalty=self.collect_score_penalty, dtype=dtype,
         name="attention")(h, h, bias, penalty_valid=allowed, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
@@ -94,42 +108,42 @@ class Encoder(nn.Module):
     self.relpos_bias = layers.RelativePositionBiases(
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, bidirectional=True, dtype=jnp.float32)
-    first_gated = cfg.delete_gate_layer if cfg.has_gate else cfg.num_encoder_layers
-    self.layers = [EncoderLayer(cfg, collect_score_penalty=cfg.has_gate and i >= first_gated)
+    self.layers = [EncoderLayer(cfg, collect_score_penalty=cfg.has_gate and i >= cfg.gate_layer)
                    for i in range(cfg.num_encoder_layers)]
     if cfg.has_gate:
       self.delete_gate = DeleteGate(cfg)
     self.encoder_norm = layers.RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
-  @property
-  def gate_layer(self) -> int:
-    cfg = self.config
-    return cfg.delete_gate_layer if cfg.has_gate else cfg.num_encoder_layers
-
   def _full_length_bias(self, tokens, segment_ids):
     length = tokens.shape[1]
     positions = jnp.arange(length, dtype=jnp.int32)[None, :]
     return _self_attention_bias(self.relpos_bias(positions, positions), tokens > 0, segment_ids)
 
-  def stage_one(self, embedded, tokens, segment_ids=None, deterministic: bool = True):
-    """Embedded inputs (B, L, E) -> (hidden entering the gate layer, G, gate logits)."""
+  def stage_one(self, embedded, tokens, segment_ids=None,
+                deterministic: bool = True) -> StageOneOutput:
+    """Embedded inputs (B, L, E) -> the hidden state entering the gate layer, G, logits."""
     x = self.dropout(embedded, deterministic=deterministic)
     bias, allowed = self._full_length_bias(tokens, segment_ids)
-    for layer in self.layers[:self.gate_layer]:
+    for layer in self.layers[:self.config.gate_layer]:
       x = layer(x, bias, allowed, deterministic)
     if not self.config.has_gate:
-      return x, None, None
+      return StageOneOutput(hidden=x, gate=None, gate_logits=None)
     gate, gate_logits = self.delete_gate(x, tokens > 0, tokens)
-    return x, gate, gate_logits
+    return StageOneOutput(hidden=x, gate=gate, gate_logits=gate_logits)
 
-  def stage_two(self, hidden, gate, gate_logits, tokens, segment_ids=None, *,
+  def stage_two(self, reading: StageOneOutput, tokens, segment_ids=None, *,
                 deletion: str = "soft", compacted_length: Optional[int] = None,
                 deterministic: bool = True) -> EncoderOutput:
-    """Remaining layers, with G as key bias (soft) or on compacted positions (hard)."""
+    """Remaining layers, with G as key bias (soft) or on compacted positions (hard).
+
+    Hard deletion compacts to ``compacted_length`` slots (default: the input
+    length, which never overflows); see ``hard_deletion.InferenceConfig``.
+    """
     cfg = self.config
     batch, length = tokens.shape
     real = tokens > 0
+    hidden, gate, gate_logits = reading.hidden, reading.gate, reading.gate_logits
     if deletion not in DELETION_MODES:
       raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")
     if gate is None or deletion == "soft":
@@ -140,14 +154,14 @@ class Encoder(nn.Module):
         key_bias = gate
         bias = bias + key_bias[:, None, None, :].astype(bias.dtype)
       x = hidden
-      for layer in self.layers[self.gate_layer:]:
+      for layer in self.layers[cfg.gate_layer:]:
         x = layer(x, bias, allowed, deterministic)
       kept_positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
       mask, num_dropped = real.astype(jnp.int32), jnp.zeros((batch,), jnp.int32)
       compacted_segments = segment_ids
     else:
       if compacted_length is None:
-        compacted_length = capacity_length(cfg, length)
+        compacted_length = length
       keep = compaction.keep_mask(gate, real, cfg.deletion_threshold, segment_ids)
       chosen = compaction.compact_indices(keep, gate, compacted_length)
       x = compaction.gather(hidden, chosen.indices)
@@ -156,7 +170,7 @@ class Encoder(nn.Module):
         compacted_segments = jnp.where(chosen.valid, compaction.gather(segment_ids, chosen.indices), 0)
       relpos = self.relpos_bias(chosen.indices, chosen.indices)
       bias, allowed = _self_attention_bias(relpos, chosen.valid, compacted_segments)
-      for layer in self.layers[self.gate_layer:]:
+      for layer in self.layers[cfg.gate_layer:]:
         x = layer(x, bias, allowed, deterministic)
       key_bias = jnp.zeros(chosen.valid.shape, jnp.float32)
       kept_positions, mask = chosen.indices, chosen.valid.astype(jnp.int32)
@@ -168,8 +182,8 @@ class Encoder(nn.Module):
 
   def __call__(self, embedded, tokens, segment_ids=None, *, deletion: str = "soft",
                compacted_length: Optional[int] = None, deterministic: bool = True):
-    hidden, gate, gate_logits = self.stage_one(embedded, tokens, segment_ids, deterministic)
-    return self.stage_two(hidden, gate, gate_logits, tokens, segment_ids, deletion=deletion,
+    reading = self.stage_one(embedded, tokens, segment_ids, deterministic)
+    return self.stage_two(reading, tokens, segment_ids, deletion=deletion,
                           compacted_length=compacted_length, deterministic=deterministic)
 
 
@@ -178,16 +192,19 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y, encoded, self_bias, cross_bias, cross_allowed,
-               deterministic: bool = True, decode: bool = False):
+               deterministic: bool = True, decode: bool = False, prefill: bool = False,
+               prefill_lengths: Optional[jax.Array] = None):
     cfg = self.config
     dtype = _dtype(cfg)
     attention = lambda name, penalty: layers.MultiHeadAttention(
-        cfg.num_heads, cfg.head_dim, cfg.dropout_rate, cfg.use_softmax1,
-        cfg.float32_attention_logits, penalty, dtype, name=name)
+        num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
+        use_softmax1=cfg.use_softmax1, float32_logits=cfg.float32_attention_logits,
+        collect_score_penalty=penalty, dtype=dtype, name=name)
     drop = lambda h: nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(
         h, deterministic=deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_self_attention_layer_norm")(y)
-    h = attention("self_attention", False)(h, h, self_bias, decode=decode,
+    h = attention("self_attention", False)(h, h, self_bias, decode=decode, prefill=prefill,
+                                            prefill_lengths=prefill_lengths,
                                             deterministic=deterministic)
     y = y + drop(h)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_cross_attention_layer_norm")(y)
@@ -205,7 +222,8 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, embedded, encoded, self_mask, cross_bias, cross_allowed, *,
-               deterministic: bool = True, decode: bool = False):
+               deterministic: bool = True, decode: bool = False, prefill: bool = False,
+               prefill_lengths: Optional[jax.Array] = None):
     """embedded (B, T, E); self_mask (B|1, 1, T', T') bool where T' is the cache
     length when decoding. Returns float32 logits (B, T, V)."""
     cfg = self.config
@@ -218,8 +236,9 @@ class Decoder(nn.Module):
     self_bias = relpos + attn_lib.mask_to_bias(self_mask, relpos.dtype)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
     for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(y, encoded, self_bias, cross_bias, cross_allowed,
-                                                deterministic, decode)
+      y = DecoderLayer(cfg, name=f"layers_{i}")(
+          y, encoded, self_bias, cross_bias, cross_allowed, deterministic=deterministic,
+          decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
@@ -238,19 +257,19 @@ class Transformer(nn.Module):
     self.decoder = Decoder(cfg)
 
   def encode_stage_one(self, encoder_input_tokens, encoder_segment_ids=None,
-                       enable_dropout: bool = True):
-    """Embedding, the layers before the gate, and the gate: (hidden, G, gate logits)."""
+                       enable_dropout: bool = True) -> StageOneOutput:
+    """Embedding, the layers before the gate, and the gate."""
     self._check_tokens(encoder_input_tokens, "encoder_input_tokens")
     embedded = self.token_embedder(encoder_input_tokens.astype(jnp.int32))
     return self.encoder.stage_one(embedded, encoder_input_tokens, encoder_segment_ids,
                                   not enable_dropout)
 
-  def encode_stage_two(self, hidden, gate, gate_logits, encoder_input_tokens,
+  def encode_stage_two(self, reading: StageOneOutput, encoder_input_tokens,
                        encoder_segment_ids=None, enable_dropout: bool = True, *,
                        deletion: str = "soft",
                        compacted_length: Optional[int] = None) -> EncoderOutput:
     """The layers from the gate on, soft or on ``compacted_length`` kept positions."""
-    return self.encoder.stage_two(hidden, gate, gate_logits, encoder_input_tokens,
+    return self.encoder.stage_two(reading, encoder_input_tokens,
                                   encoder_segment_ids, deletion=deletion,
                                   compacted_length=compacted_length,
                                   deterministic=not enable_dropout)
@@ -265,10 +284,9 @@ class Transformer(nn.Module):
     as the segment positions do.
     """
     del encoder_positions
-    hidden, gate, gate_logits = self.encode_stage_one(encoder_input_tokens, encoder_segment_ids,
-                                                      enable_dropout)
-    out = self.encode_stage_two(hidden, gate, gate_logits, encoder_input_tokens,
-                                encoder_segment_ids, enable_dropout, deletion=deletion,
+    reading = self.encode_stage_one(encoder_input_tokens, encoder_segment_ids, enable_dropout)
+    out = self.encode_stage_two(reading, encoder_input_tokens, encoder_segment_ids,
+                                enable_dropout, deletion=deletion,
                                 compacted_length=compacted_length)
     return out if return_aux else out.encoded
 
@@ -276,17 +294,23 @@ class Transformer(nn.Module):
              encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
              enable_dropout: bool = True, decode: bool = False,
              max_decode_length: Optional[int] = None, *,
-             encoder_key_bias: Optional[jax.Array] = None):
+             encoder_key_bias: Optional[jax.Array] = None, prefill: bool = False,
+             prefill_lengths: Optional[jax.Array] = None):
     """Decoder logits (B, T, V) float32.
 
     The cross-attention mask is ``encoder_input_tokens > 0`` as in t5x; after
     hard deletion pass ``EncoderOutput.mask`` in its place (and
     ``EncoderOutput.segment_ids`` for packed inputs). ``encoder_key_bias``
     (B, Lc) is added to cross-attention logits: ``EncoderOutput.key_bias``.
+    ``prefill`` writes the prompt ``decoder_input_tokens`` into an initialised
+    KV cache, row ``b`` continuing at ``prefill_lengths[b]`` (t5x's prompt
+    prefilling).
     """
     del decoder_positions
     self._check_tokens(decoder_input_tokens, "decoder_input_tokens")
-    if decode:
+    if prefill and prefill_lengths is None:
+      raise ValueError("prefill needs prefill_lengths (B,)")
+    if decode or prefill:
       length = max_decode_length or decoder_input_tokens.shape[1]
       self_mask = attn_lib.make_causal_mask(length)
       query_valid = jnp.ones(decoder_input_tokens.shape, jnp.bool_)
@@ -299,7 +323,8 @@ class Transformer(nn.Module):
             self_mask, attn_lib.make_segment_mask(decoder_segment_ids, decoder_segment_ids))
       query_valid = target_valid
     cross_allowed = attn_lib.make_attention_mask(query_valid, encoder_input_tokens > 0)
-    if encoder_segment_ids is not None and decoder_segment_ids is not None and not decode:
+    if (encoder_segment_ids is not None and decoder_segment_ids is not None
+        and not (decode or prefill)):
       cross_allowed = jnp.logical_and(
           cross_allowed, attn_lib.make_segment_mask(decoder_segment_ids, encoder_segment_ids))
     cross_bias = attn_lib.mask_to_bias(cross_allowed)
@@ -307,21 +332,27 @@ class Transformer(nn.Module):
       cross_bias = cross_bias + encoder_key_bias[:, None, None, :].astype(cross_bias.dtype)
     embedded = self.token_embedder(decoder_input_tokens.astype(jnp.int32))
     return self.decoder(embedded, encoded, self_mask, cross_bias, cross_allowed,
-                        deterministic=not enable_dropout, decode=decode)
+                        deterministic=not enable_dropout, decode=decode, prefill=prefill,
+                        prefill_lengths=prefill_lengths)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
                encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
                deletion: str = "soft", compacted_length: Optional[int] = None,
-               return_aux: bool = False):
+               return_aux: bool = False, stage_one: Optional[StageOneOutput] = None):
     """Logits (B, T, V), or (logits, EncoderOutput) with ``return_aux``.
 
-    ``deletion='hard'`` compacts to ``compacted_length`` (default: the
-    config's capacity length), all inside one traced program.
+    ``deletion='hard'`` compacts to ``compacted_length`` (default: the input
+    length), all inside one traced program. ``stage_one``: the
+    ``encode_stage_one`` output of these inputs when it was computed already
+    (the evaluator reads the gate once, then runs the rest here).
     """
-    out = self.encode(encoder_input_tokens, encoder_segment_ids, encoder_positions,
-                      enable_dropout, deletion=deletion, compacted_length=compacted_length,
-                      return_aux=True)
+    if stage_one is None:
+      stage_one = self.encode_stage_one(encoder_input_tokens, encoder_segment_ids,
+                                        enable_dropout)
+    out = self.encode_stage_two(stage_one, encoder_input_tokens, encoder_segment_ids,
+                                enable_dropout, deletion=deletion,
+                                compacted_length=compacted_length)
     logits = self.decode(out.encoded, out.mask, decoder_input_tokens, decoder_target_tokens,
                          out.segment_ids, decoder_segment_ids, decoder_positions,
                          enable_dropout, decode, encoder_key_bias=out.key_bias)

@@ -4,10 +4,11 @@ loss = CE (+ t5x z-loss, normalised as t5x's ``loss_normalizing_factor``)
        + alpha * L_G                  (L_G = mean gate value over real encoder positions)
        + score_coeff * L_scores       (optional attention-score regularizer)
 
-``compute_loss`` is the one function the project's trainer and the t5x model
-class both call. It returns the differentiable loss and a dict of *sums*
-(``MetricSums``) so that micro-batches and devices can be added up exactly;
-``finalize_metrics`` turns sums into the logged means.
+``compute_loss`` is the one function the project's trainer, the evaluator and
+the t5x model class call. It returns the differentiable loss and a dict of
+*sums* so that micro-batches and batches add up exactly
+(``merge_metric_sums``); ``train_step.step_metrics`` turns sums into the
+logged values.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mrt5_jax import controller as controller_lib
+from mrt5_jax import gate as gate_lib
 
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
 NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
@@ -148,7 +150,7 @@ def gate_sums(gate: jax.Array, real: jax.Array, threshold: float) -> dict[str, j
   """
   real = real.astype(bool)
   gate = gate.astype(jnp.float32)
-  deleted = jnp.logical_and(gate < threshold, real)
+  deleted = gate_lib.deleted_positions(gate, real, threshold)
   kept_per_row = jnp.sum(jnp.logical_and(real, ~deleted), axis=-1)
   return {
       "gate_sum": jnp.sum(jnp.where(real, gate, 0.0)),
@@ -158,16 +160,6 @@ def gate_sums(gate: jax.Array, real: jax.Array, threshold: float) -> dict[str, j
       "gate_max": jnp.max(jnp.where(real, gate, -jnp.inf)),
       "kept_max": jnp.max(kept_per_row).astype(jnp.float32),
   }
-
-
-def gate_regularizer(gate: jax.Array, real: jax.Array,
-                     num_real: Optional[jax.Array] = None) -> jax.Array:
-  """L_G = sum of G over real positions / num_real (default: this batch's count)."""
-  real = real.astype(bool)
-  total = jnp.sum(jnp.where(real, gate.astype(jnp.float32), 0.0))
-  if num_real is None:
-    num_real = jnp.sum(real)
-  return total / jnp.maximum(num_real, 1).astype(jnp.float32)
 
 
 def score_regularizer(intermediates: Any) -> jax.Array:
@@ -206,8 +198,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
                  enable_dropout: bool = True, deletion: str = "soft",
                  normalizers: Optional[Mapping[str, jax.Array]] = None,
-                 num_microbatches: int = 1, compacted_length: Optional[int] = None
-                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 num_microbatches: int = 1, compacted_length: Optional[int] = None,
+                 stage_one: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
 
   Args:
@@ -221,10 +213,13 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
     normalizers: from ``batch_normalizers`` of the whole batch (default: this batch).
     num_microbatches: divides the (mean-valued) score regularizer so micro-batches sum.
     deletion, compacted_length: 'soft' (training), or 'hard' with this static
-      compacted length (default: the config's capacity length).
+      compacted length (default: the input length).
+    stage_one: the network's ``encode_stage_one`` output for this batch when
+      it was computed already (``hard_deletion.EncodePath.read_gate``); the
+      encoder prefix then does not run again.
 
   Returns:
-    (loss scalar, metric sums: see ``finalize_metrics``).
+    (loss scalar, metric sums: see ``train_step.step_metrics``).
   """
   if normalizers is None:
     normalizers = batch_normalizers(batch, objective)
@@ -238,7 +233,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       encoder_positions=batch.get("encoder_positions"),
       decoder_positions=batch.get("decoder_positions"),
       enable_dropout=enable_dropout, deletion=deletion, compacted_length=compacted_length,
-      return_aux=True,
+      return_aux=True, stage_one=stage_one,
       rngs=rngs or {}, mutable=["intermediates"] if want_scores else False)
   if want_scores:
     (logits, aux), state = outputs
@@ -299,59 +294,3 @@ def merge_metric_sums(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) ->
   merged["kept_max"] = jnp.maximum(a["kept_max"], b["kept_max"])
   merged["compacted_length"] = jnp.maximum(a["compacted_length"], b["compacted_length"])
   return merged
-
-
-def deletion_rate(metric_sums: Mapping[str, jax.Array]) -> jax.Array:
-  """Share of real encoder positions whose G lies below the threshold."""
-  return metric_sums["num_deleted"] / jnp.maximum(metric_sums["num_real"], 1.0)
-
-
-def finalize_metrics(metric_sums: Mapping[str, jax.Array],
-                     controller_state: Optional[Mapping[str, jax.Array]] = None,
-                     controller: Optional[controller_lib.ControllerConfig] = None
-                     ) -> dict[str, jax.Array]:
-  """Logged values: loss terms, per-token CE, accuracy, deletion rate, gate
-  mean/min/max, kept lengths, alpha (the value the loss used)."""
-  num_real = jnp.maximum(metric_sums["num_real"], 1.0)
-  num_seq = jnp.maximum(metric_sums["num_sequences"], 1.0)
-  metrics = {
-      "loss": metric_sums["loss"],
-      "ce_loss": metric_sums["ce_loss"],
-      "z_loss": metric_sums["z_loss"],
-      "gate_loss": metric_sums["gate_loss"],
-      "score_penalty": metric_sums["score_penalty"],
-      "cross_entropy_per_token": metric_sums["cross_entropy_sum"]
-                                 / jnp.maximum(metric_sums["num_target_tokens"], 1.0),
-      "accuracy": metric_sums["num_correct"] / jnp.maximum(metric_sums["num_target_tokens"], 1.0),
-      "deletion_rate": deletion_rate(metric_sums),
-      "gate_mean": metric_sums["gate_sum"] / num_real,
-      "gate_min": metric_sums["gate_min"],
-      "gate_max": metric_sums["gate_max"],
-      "real_length": metric_sums["num_real"] / num_seq,
-      "kept_length": (metric_sums["num_real"] - metric_sums["num_deleted"]) / num_seq,
-      "kept_length_max": metric_sums["kept_max"],
-      "compacted_length": metric_sums["compacted_length"],
-      "num_dropped": metric_sums["num_dropped"],
-  }
-  if controller_state is not None and controller is not None:
-    metrics["alpha"] = controller_lib.effective_alpha(controller_state, controller)
-  return metrics
-
-
-def loss_fn(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
-            batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
-            objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
-            enable_dropout: bool = True
-            ) -> tuple[jax.Array, tuple[dict[str, jax.Array], dict[str, jax.Array]]]:
-  """One-call form for a trainer without micro-batching (t5x's ``loss_fn`` shape).
-
-  Returns (loss, (finalized metrics, new controller state)): the controller is
-  stepped with this batch's deletion rate (gradients do not flow into it).
-  """
-  loss, sums = compute_loss(module, params, controller_state, batch, rngs,
-                            objective=objective, controller=controller,
-                            enable_dropout=enable_dropout)
-  metrics = finalize_metrics(sums, controller_state, controller)
-  new_state = controller_lib.update(controller_state,
-                                    jax.lax.stop_gradient(metrics["deletion_rate"]), controller)
-  return loss, (metrics, new_state)

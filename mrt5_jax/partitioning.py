@@ -16,6 +16,7 @@ from flax.linen import partitioning as nn_partitioning
 import gin
 import jax
 import numpy as np
+import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
@@ -63,10 +64,6 @@ def make_mesh(config: MeshConfig, devices: Optional[Sequence[Any]] = None) -> Me
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
-def _path_key(path) -> tuple:
-  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
-
-
 class Partitioner:
   """Shardings of parameters, optimizer state and batches over one mesh."""
 
@@ -106,27 +103,24 @@ class Partitioner:
     """Tree of NamedShardings for the 'params' collection."""
     return nn.logical_to_mesh_sharding(self.logical_specs(params_axes), self.mesh, self.rules)
 
-  def like_params_shardings(self, tree: Any, params: Any, param_shardings: Any) -> Any:
-    """Shardings for a tree (optimizer state) whose leaves mirror parameters.
+  def optimizer_shardings(self, tx: optax.GradientTransformation, abstract_params: Any,
+                          param_shardings: Any) -> Any:
+    """Shardings of ``tx``'s state, derived from the parameter shardings.
 
-    A leaf whose path ends with a parameter's path and has that parameter's
-    shape (Adam's mu/nu) is sharded like it; anything else (counts, factored
-    Adafactor statistics) is replicated.
+    optax's ``tree_map_params`` finds the parameter-shaped parts of the state
+    (Adam's mu and nu); a leaf there that has its parameter's shape is sharded
+    like it, anything else (step counts, Adafactor's factored row/column
+    statistics) is replicated.
     """
-    by_path = {}
-    for (path, leaf), sharding in zip(jax.tree_util.tree_leaves_with_path(params),
-                                      jax.tree_util.tree_leaves(param_shardings)):
-      by_path[_path_key(path)] = (np.shape(leaf), sharding)
+    abstract_state = jax.eval_shape(tx.init, abstract_params)
+    replicated = self.replicated
 
-    def pick(path, leaf):
-      key = _path_key(path)
-      for start in range(len(key)):
-        match = by_path.get(key[start:])
-        if match is not None and match[0] == np.shape(leaf):
-          return match[1]
-      return self.replicated
+    def like_param(leaf, param, sharding):
+      return sharding if np.shape(leaf) == np.shape(param) else replicated
 
-    return jax.tree_util.tree_map_with_path(pick, tree)
+    return optax.tree_utils.tree_map_params(
+        tx, like_param, abstract_state, abstract_params, param_shardings,
+        transform_non_params=lambda _: replicated)
 
   def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
     """Host-local numpy batch -> global arrays split over the data axis."""

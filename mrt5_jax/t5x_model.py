@@ -1,26 +1,26 @@
 """MrT5 as a t5x model (the only module of the library that imports t5x).
 
-``MrT5Model`` is t5x's ``EncoderDecoderModel`` plus what MrT5 needs:
+``MrT5Model`` is t5x's ``EncoderDecoderModel`` plus what MrT5 needs, each
+taken from the library so that nothing is written twice:
 
-* ``loss_fn`` is ``mrt5_jax.objective.compute_loss`` (CE + z-loss + alpha * L_G
-  [+ score regularizer]); it steps the controller and reports the deletion
-  metrics (``deletion/rate``, ``deletion/alpha``, ``deletion/gate_mean``,
-  ``deletion/compacted_length``, ...) as clu metrics, which t5x writes to
-  TensorBoard.
-* The controller state is the flax collection ``'controller'``; t5x carries it
-  as ``flax_mutables`` (initialised by ``get_initial_variables``, advanced by
-  ``loss_fn``), so t5x checkpoints hold it and restarts continue from it.
-* ``score_batch`` and ``predict_batch_with_aux`` run hard deletion in the
-  network's ``capacity`` mode (one compiled program, as t5x jits them whole);
-  ``inference_deletion='soft'`` switches to soft deletion. The decoder's
-  cross-attention mask is the compacted ``EncoderOutput.mask``.
-
-All maths lives in the library (network, objective, controller); this module
-only wires it into t5x's interfaces.
+* ``loss_fn`` is ``objective.compute_loss`` (CE + z-loss + alpha * L_G
+  [+ score regularizer]); ``train_step.advance_controller`` steps the
+  controller once per optimizer step, and ``train_step.step_metrics`` defines
+  the logged values (``deletion/rate``, ``deletion/alpha``,
+  ``deletion/gate_mean``, ...), which become clu metrics here.
+* The controller state is the flax collection ``'controller'`` and the
+  micro-batch counts ``train_step.MICROBATCH_COLLECTION``; t5x carries both as
+  ``flax_mutables``, so t5x checkpoints hold them and restarts continue.
+* ``score_batch`` and ``predict_batch_with_aux`` run hard deletion with the
+  compacted length of ``hard_deletion.InferenceConfig``'s capacity mode (one
+  compiled program, as t5x jits them whole); ``inference_deletion='soft'``
+  switches to soft deletion. Prediction is t5x's own code (cache set-up,
+  prompt prefilling, beam expansion) run against the precomputed encoder
+  output, whose compacted mask stands where t5x passes the input tokens.
 """
 from __future__ import annotations
 
-import functools
+import copy
 from typing import Any, Mapping, MutableMapping, Optional, Tuple
 
 from clu import metrics as clu_metrics
@@ -39,20 +39,66 @@ from mrt5_jax import controller as controller_lib
 from mrt5_jax import gate as gate_lib
 from mrt5_jax import network as network_lib
 from mrt5_jax import objective as objective_lib
+from mrt5_jax import train_step
 from mrt5_jax.config import MrT5Config
+from mrt5_jax.gate import GATE_SCORE_AXIS
+from mrt5_jax.hard_deletion import InferenceConfig, capacity_length
 
 INFERENCE_DELETIONS = ("hard", "soft")
-# Deletion counts of the micro-batches of the current step (t5x micro-batching).
-MICROBATCH_COLLECTION = "controller_microbatches"
+MICROBATCH_COLLECTION = train_step.MICROBATCH_COLLECTION
 _FIXED_DELETION_RNG = 0
+# t5x's names for the library's metrics; the others are logged as "deletion/<name>".
+T5X_METRIC_NAMES = {
+    "loss": "loss",
+    "ce_loss": "cross_ent_loss",
+    "z_loss": "z_loss",
+    "cross_entropy_per_token": "cross_ent_loss_per_nonpadding_target_token",
+    "accuracy": "accuracy",
+    "deletion_rate": "deletion/rate",
+}
 
 
 def adafactor_logical_factor_rules():
-  """t5x's Adafactor factor rules plus unnamed axes (the gate's (embed, None)
-  kernel and (None,) bias), which are never factored."""
+  """t5x's Adafactor factor rules plus the gate's one-wide score axis (never factored)."""
   rules = dict(t5x_adafactor.standard_logical_factor_rules())
-  rules[None] = t5x_adafactor.FactorDim.NONE
+  rules[GATE_SCORE_AXIS] = t5x_adafactor.FactorDim.NONE
   return flax.core.freeze(rules)
+
+
+@flax.struct.dataclass
+class _Extreme(clu_metrics.Metric):
+  """The minimum or maximum of a value over micro-batches and steps."""
+  value: jnp.ndarray
+
+  def merge(self, other):
+    return type(self)(self._combine(self.value, other.value))
+
+  def compute(self):
+    return self.value
+
+
+@flax.struct.dataclass
+class Min(_Extreme):
+  _combine = staticmethod(jnp.minimum)
+
+
+@flax.struct.dataclass
+class Max(_Extreme):
+  _combine = staticmethod(jnp.maximum)
+
+
+def clu_metric(metric: train_step.Metric) -> clu_metrics.Metric:
+  """The clu metric that merges like ``metric.kind`` says."""
+  total = jnp.asarray(metric.total, jnp.float32)
+  if metric.kind == "per_step":
+    return t5x_metrics.AveragePerStep(total=total)
+  if metric.kind == "ratio":
+    return clu_metrics.Average(total=total, count=jnp.asarray(metric.count, jnp.float32))
+  if metric.kind == "sum":
+    return t5x_metrics.Sum(total)
+  if metric.kind == "last":
+    return clu_metrics.LastValue(total=total, count=jnp.array(1, jnp.int32))
+  return Min(total) if metric.kind == "min" else Max(total)
 
 
 def _normalizing_factor_name(factor):
@@ -74,6 +120,37 @@ def _like(template, tree):
   return tree
 
 
+class _AgainstEncoderOutput(network_lib.Transformer):
+  """The network with its encoder output already computed.
+
+  t5x's ``predict_batch_with_aux`` encodes the inputs and hands the decoder
+  ``encoder_input_tokens`` as its padding mask. With hard deletion the encoder
+  output is shorter than the inputs, so ``MrT5Model`` runs t5x's code with
+  this module: ``encode`` returns the precomputed output, ``decode`` adds its
+  key bias (beam-expanded like t5x expands the encoding), and the compacted
+  mask stands in for the tokens.
+  """
+  encoder_output: Any = None
+
+  def encode(self, encoder_input_tokens, *args, **kwargs):
+    del encoder_input_tokens, args, kwargs
+    return self.encoder_output.encoded
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, decoder_positions=None,
+             enable_dropout: bool = True, decode: bool = False,
+             max_decode_length: Optional[int] = None, *,
+             encoder_key_bias: Optional[jax.Array] = None, prefill: bool = False,
+             prefill_lengths: Optional[jax.Array] = None):
+    key_bias = self.encoder_output.key_bias
+    key_bias = jnp.repeat(key_bias, encoded.shape[0] // key_bias.shape[0], axis=0)
+    return super().decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                          decoder_target_tokens, encoder_segment_ids, decoder_segment_ids,
+                          decoder_positions, enable_dropout, decode, max_decode_length,
+                          encoder_key_bias=key_bias, prefill=prefill,
+                          prefill_lengths=prefill_lengths)
+
+
 class MrT5Model(t5x_models.EncoderDecoderModel):
   """t5x model for ``mrt5_jax.network.Transformer``.
 
@@ -82,8 +159,8 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     score_loss_coeff: weight of the attention-score regularizer (0 = off).
     inference_deletion: 'hard' (default; capacity-mode compaction) or 'soft',
       used by ``score_batch`` and ``predict_batch_with_aux``.
-    compacted_length: encoder length after hard deletion (default: the
-      network config's capacity length).
+    inference: ``InferenceConfig``; its ``capacity_fraction`` and buckets set
+      the compacted length of hard deletion.
     num_microbatches: bind to ``trainer.Trainer.num_microbatches`` (the gin
       files bind both to NUM_MICROBATCHES) so that the controller steps once
       per optimizer step, on the whole batch's deletion rate.
@@ -107,7 +184,7 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
       controller: Optional[controller_lib.ControllerConfig] = None,
       score_loss_coeff: float = 0.0,
       inference_deletion: str = "hard",
-      compacted_length: Optional[int] = None,
+      inference: Optional[InferenceConfig] = None,
       num_microbatches: Optional[int] = None,
   ):
     if not isinstance(getattr(module, "config", None), MrT5Config):
@@ -116,8 +193,6 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     if inference_deletion not in INFERENCE_DELETIONS:
       raise ValueError(f"inference_deletion must be one of {INFERENCE_DELETIONS}, "
                        f"got {inference_deletion!r}")
-    if compacted_length is not None and compacted_length < 1:
-      raise ValueError(f"compacted_length must be >= 1, got {compacted_length}")
     if num_microbatches is not None and num_microbatches < 0:
       raise ValueError(f"num_microbatches must be >= 0 or None, got {num_microbatches}")
     super().__init__(
@@ -138,29 +213,29 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
         score_loss_coeff=score_loss_coeff)
     self.controller = controller or controller_lib.ControllerConfig()
     self.inference_deletion = inference_deletion
-    self.compacted_length = compacted_length
+    self.inference = inference or InferenceConfig(mode="capacity")
     self.num_microbatches = max(1, num_microbatches or 1)
 
   @property
   def config(self) -> MrT5Config:
     return self.module.config
 
+  def compacted_length(self, input_length: int) -> Optional[int]:
+    """The encoder length after hard deletion (None with soft inference)."""
+    if self.inference_deletion == "soft":
+      return None
+    return capacity_length(self.inference, input_length)
+
   # --------------------------------------------------------------------------- state
 
   def initial_flax_mutables(self) -> dict:
-    """The 'controller' collection at step 0 and empty micro-batch counters.
+    """The 'controller' collection at step 0 and empty micro-batch counts.
 
-    The counters exist with or without micro-batching, so a checkpoint
+    The counts exist with or without micro-batching, so a checkpoint
     restores whatever NUM_MICROBATCHES the next run uses.
     """
-    return {
-        controller_lib.COLLECTION: controller_lib.init_state(self.controller),
-        MICROBATCH_COLLECTION: {
-            "num_deleted": jnp.zeros((), jnp.float32),
-            "num_real": jnp.zeros((), jnp.float32),
-            "count": jnp.zeros((), jnp.int32),
-        },
-    }
+    return {controller_lib.COLLECTION: controller_lib.init_state(self.controller),
+            MICROBATCH_COLLECTION: train_step.initial_counts()}
 
   def _rngs(self, rng: Optional[jax.Array], dropout: bool) -> Optional[dict]:
     """Flax rngs: dropout when training; the random-deletion baseline's stream."""
@@ -173,7 +248,7 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     return rngs or None
 
   def get_initial_variables(self, rng, input_shapes, input_types=None):
-    """t5x's initial variables plus the controller collection and its axes."""
+    """t5x's initial variables plus the controller collections and their axes."""
     init_rngs = {"params": rng}
     if self.config.deletion_type == "random":
       init_rngs["deletion"] = jax.random.fold_in(rng, 1)
@@ -191,10 +266,13 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     return objective_lib.compute_loss(
         self.module, params, controller_state, batch,
         self._rngs(dropout_rng, dropout=True), objective=self.objective,
-        controller=self.controller, enable_dropout=dropout_rng is not None)
+        controller=self.controller, enable_dropout=dropout_rng is not None,
+        normalizers=train_step.loss_normalizers(batch, self.objective,
+                                                num_microbatches=self.num_microbatches),
+        num_microbatches=self.num_microbatches)
 
   def loss_fn(self, params, batch, dropout_rng, flax_mutables=None):
-    """Training loss of one (micro-)batch; steps the controller.
+    """Training loss of one (micro-)batch; steps the controller on the last one.
 
     Returns (loss, metrics) without ``flax_mutables`` (the initial controller
     state is used), and (loss, (metrics, new flax_mutables)) with them, the
@@ -206,68 +284,37 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     metrics = self.metrics_from_sums(sums, state, batch)
     if flax_mutables is None:
       return loss, metrics
-    return loss, (metrics, self._advance_controller(flax_mutables, sums))
+    new_state, counts = train_step.advance_controller(
+        state, flax_mutables[MICROBATCH_COLLECTION], sums, self.controller,
+        self.num_microbatches)
+    new = flax.core.unfreeze(flax_mutables)
+    new[controller_lib.COLLECTION] = new_state
+    new[MICROBATCH_COLLECTION] = counts
+    return loss, (metrics, _like(flax_mutables, new))
 
   def eval_fn(self, params, batch, flax_mutables=None):
     """Loss and metrics without dropout; the controller is read, not stepped."""
     mutables = flax_mutables if flax_mutables is not None else self.initial_flax_mutables()
     state = mutables[controller_lib.COLLECTION]
-    loss, sums = self._loss_and_sums(params, batch, None, state)
+    loss, sums = objective_lib.compute_loss(
+        self.module, params, state, batch, self._rngs(None, dropout=False),
+        objective=self.objective, controller=self.controller, enable_dropout=False)
     return loss, self.metrics_from_sums(sums, state, batch)
-
-  def _advance_controller(self, flax_mutables, sums):
-    """New mutables: the controller stepped once per optimizer step.
-
-    Deletion counts accumulate over the micro-batches of a step; the last one
-    updates the controller with the whole batch's rate and clears them.
-    """
-    state = flax_mutables[controller_lib.COLLECTION]
-    counts = flax_mutables[MICROBATCH_COLLECTION]
-    counts = {
-        "num_deleted": counts["num_deleted"] + sums["num_deleted"],
-        "num_real": counts["num_real"] + sums["num_real"],
-        "count": counts["count"] + 1,
-    }
-    complete = counts["count"] >= self.num_microbatches
-    rate = jax.lax.stop_gradient(objective_lib.deletion_rate(counts))
-    stepped = controller_lib.update(state, rate, self.controller)
-    new = flax.core.unfreeze(flax_mutables)
-    new[controller_lib.COLLECTION] = jax.tree_util.tree_map(
-        lambda a, b: jnp.where(complete, a, b), stepped, dict(state))
-    new[MICROBATCH_COLLECTION] = jax.tree_util.tree_map(
-        lambda v: jnp.where(complete, jnp.zeros_like(v), v), counts)
-    return _like(flax_mutables, new)
 
   def metrics_from_sums(self, sums: Mapping[str, jax.Array], controller_state,
                         batch: Mapping[str, jax.Array]) -> dict:
-    """clu metrics (t5x merges them over micro-batches and steps) from the
-    objective's metric sums."""
+    """clu metrics (t5x merges them over micro-batches and steps): the library's
+    ``train_step.step_metrics`` under t5x's names, plus t5x's timing metrics."""
+    alpha = controller_lib.effective_alpha(controller_state, self.controller)
+    metrics = {}
+    for name, metric in train_step.step_metrics(sums, alpha).items():
+      if name == "score_penalty" and self.objective.score_loss_coeff == 0:
+        continue
+      metrics[T5X_METRIC_NAMES.get(name, f"deletion/{name}")] = clu_metric(metric)
     encoder_tokens = batch["encoder_input_tokens"]
     num_examples = jnp.array(encoder_tokens.shape[0])
-    num_target_tokens = jnp.array(batch["decoder_target_tokens"].size)
     num_devices = jax.device_count()
-    alpha = controller_lib.effective_alpha(controller_state, self.controller)
-    one = jnp.array(1, jnp.int32)
-    metrics = {
-        "loss": t5x_metrics.AveragePerStep(total=sums["loss"]),
-        "cross_ent_loss": t5x_metrics.AveragePerStep(total=sums["ce_loss"]),
-        "z_loss": t5x_metrics.AveragePerStep(total=sums["z_loss"]),
-        "cross_ent_loss_per_nonpadding_target_token": clu_metrics.Average(
-            total=sums["cross_entropy_sum"], count=sums["num_target_tokens"]),
-        "accuracy": clu_metrics.Accuracy(total=sums["num_correct"],
-                                         count=sums["num_target_tokens"]),
-        "deletion/rate": clu_metrics.Average(total=sums["num_deleted"], count=sums["num_real"]),
-        "deletion/gate_mean": clu_metrics.Average(total=sums["gate_sum"], count=sums["num_real"]),
-        "deletion/gate_loss": t5x_metrics.AveragePerStep(total=sums["gate_loss"]),
-        "deletion/alpha": clu_metrics.Average(total=alpha, count=one),
-        "deletion/alpha_current": clu_metrics.LastValue(total=alpha, count=one),
-        "deletion/compacted_length": clu_metrics.Average(total=sums["compacted_length"],
-                                                         count=one),
-        "deletion/kept_length": clu_metrics.Average(
-            total=sums["num_real"] - sums["num_deleted"], count=sums["num_sequences"]),
-        "deletion/real_length": clu_metrics.Average(total=sums["num_real"],
-                                                    count=sums["num_sequences"]),
-        "deletion/num_dropped": t5x_metrics.Sum(sums["num_dropped"]),
+    metrics.update({
         "timing/seqs_per_second": t5x_metrics.TimeRate.from_model_output(
             numerator=num_examples),
         "timing/steps_per_second": t5x_metrics.StepsPerTime.from_model_output(),
@@ -276,12 +323,10 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
         "timing/seqs_per_second_per_core": t5x_metrics.TimeRate.from_model_output(
             numerator=num_examples / num_devices),
         "timing/target_tokens_per_second": t5x_metrics.TimeRate.from_model_output(
-            numerator=num_target_tokens),
+            numerator=jnp.array(batch["decoder_target_tokens"].size)),
         "timing/encoder_tokens_per_second": t5x_metrics.TimeRate.from_model_output(
             numerator=jnp.array(encoder_tokens.size)),
-    }
-    if self.objective.score_loss_coeff > 0:
-      metrics["deletion/score_penalty"] = t5x_metrics.AveragePerStep(total=sums["score_penalty"])
+    })
     return metrics
 
   # --------------------------------------------------------------------------- inference
@@ -289,9 +334,10 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
   def _compute_logits(self, params, batch, dropout_rng=None, mutable=False,
                       other_variables=None):
     """Teacher-forced logits with ``inference_deletion`` (used by ``score_batch``)."""
+    tokens = batch["encoder_input_tokens"]
     return self.module.apply(
         {"params": params, **(other_variables or {})},
-        batch["encoder_input_tokens"],
+        tokens,
         batch["decoder_input_tokens"],
         batch["decoder_target_tokens"],
         encoder_segment_ids=batch.get("encoder_segment_ids", None),
@@ -301,7 +347,7 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
         decode=False,
         enable_dropout=dropout_rng is not None,
         deletion=self.inference_deletion,
-        compacted_length=self.compacted_length,
+        compacted_length=self.compacted_length(tokens.shape[1]),
         rngs=self._rngs(dropout_rng, dropout=True),
         mutable=mutable,
     )
@@ -310,28 +356,9 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     """The encoder output used for prediction (``inference_deletion``)."""
     return self.module.apply(
         {"params": params}, encoder_input_tokens, enable_dropout=False,
-        deletion=self.inference_deletion, compacted_length=self.compacted_length,
+        deletion=self.inference_deletion,
+        compacted_length=self.compacted_length(encoder_input_tokens.shape[1]),
         return_aux=True, rngs=self._rngs(rng, dropout=False), method=self.module.encode)
-
-  def _compute_logits_from_slice(self, decoding_state, params, encoded_inputs, raw_inputs,
-                                 max_decode_length, encoder_key_bias=None):
-    """One decoding step; ``raw_inputs`` is the (compacted) encoder mask."""
-    flat_ids = decoding_state.cur_token
-    flat_logits, new_vars = self.module.apply(
-        {"params": params, "cache": decoding_state.cache},
-        encoded_inputs, raw_inputs, flat_ids, flat_ids,
-        enable_dropout=False, decode=True, max_decode_length=max_decode_length,
-        encoder_key_bias=encoder_key_bias, mutable=["cache"], method=self.module.decode)
-    return jnp.squeeze(flat_logits, axis=1), new_vars["cache"]
-
-  def _initial_cache(self, params, encoder_output, decoder_tokens):
-    """Empty decoder KV cache for ``decoder_tokens``' shape."""
-    ones = jnp.ones_like(decoder_tokens)
-    _, variables = self.module.apply(
-        {"params": params}, encoder_output.encoded, encoder_output.mask, ones, ones,
-        enable_dropout=False, decode=True, max_decode_length=decoder_tokens.shape[1],
-        mutable=["cache"], method=self.module.decode)
-    return variables["cache"]
 
   def predict_batch_with_aux(
       self,
@@ -343,59 +370,32 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
       num_decodes: Optional[int] = None,
       prompt_with_targets: bool = False,
   ) -> Tuple[jnp.ndarray, Mapping[str, jnp.ndarray]]:
-    """t5x decoding (``decode_fn``) against the hard- (or soft-) deleted encoder.
+    """t5x's decoding against the hard- (or soft-) deleted encoder output.
 
-    Same arguments and outputs as t5x's ``EncoderDecoderModel``; the aux dict
-    adds per-example ``deletion_rate``, ``kept_length`` and ``num_dropped``.
+    Same arguments and outputs as t5x's ``EncoderDecoderModel`` (whose code
+    runs: cache set-up, prompt prefilling, ``decode_fn``); the aux dict adds
+    per-example ``deletion_rate``, ``kept_length`` and ``num_dropped``.
     """
-    if return_all_decodes is None:
-      return_all_decodes = self._default_decoder_params.return_all_decodes
-    if num_decodes is None:
-      num_decodes = self._default_decoder_params.num_decodes
-    encoder_input_tokens = batch["encoder_input_tokens"]
-    decoder_input_tokens = batch["decoder_input_tokens"]
-    if prompt_with_targets:
-      prompt = decoder_input_tokens * (decoder_input_tokens != self.output_vocabulary.eos_id)
-    else:
-      prompt = jnp.zeros_like(decoder_input_tokens)
-
-    out = self.encode(params, encoder_input_tokens, rng)
-    cache = self._initial_cache(params, out, prompt)
-    expand = functools.partial(t5x_decoding.flat_batch_beam_expand, beam_size=num_decodes)
-    tokens_to_logits = functools.partial(
-        self._compute_logits_from_slice, params=params,
-        encoded_inputs=expand(out.encoded), raw_inputs=expand(out.mask),
-        max_decode_length=decoder_input_tokens.shape[1],
-        encoder_key_bias=expand(out.key_bias))
-
-    decoder_params = dict(decoder_params or {})
-    if rng is not None:
-      if decoder_params.get("decode_rng") is not None:
-        raise ValueError("Got an RNG both from `rng` and from decoder_params['decode_rng']; "
-                         "give one or the other.")
-      decoder_params["decode_rng"] = rng
-    decoder_params.setdefault("eos_id", self.output_vocabulary.eos_id or 1)
-    decodes, scores = self._decode_fn(
-        inputs=prompt, cache=cache, tokens_to_logits=tokens_to_logits,
-        num_decodes=num_decodes, cache_offset=0, **decoder_params)
-
-    aux = self._deletion_aux(out, encoder_input_tokens)
-    if return_all_decodes:
-      return decodes, {"scores": scores, **aux}
-    return decodes[:, -1, :], {"scores": scores[:, -1], **aux}
+    out = self.encode(params, batch["encoder_input_tokens"], rng)
+    against = copy.copy(self)
+    against.module = _AgainstEncoderOutput(self.config, encoder_output=out)
+    decodes, aux = t5x_models.EncoderDecoderModel.predict_batch_with_aux(
+        against, params, {**batch, "encoder_input_tokens": out.mask}, rng=rng,
+        decoder_params=decoder_params, return_all_decodes=return_all_decodes,
+        num_decodes=num_decodes, prompt_with_targets=prompt_with_targets)
+    return decodes, {**aux, **self._deletion_aux(out, batch["encoder_input_tokens"])}
 
   def _deletion_aux(self, out: network_lib.EncoderOutput, encoder_input_tokens) -> dict:
     """Per-example deletion figures of a prediction batch."""
     real = objective_lib.real_encoder_mask(encoder_input_tokens)
-    batch = encoder_input_tokens.shape[0]
     if out.gate is None:
-      num_deleted = jnp.zeros((batch,), jnp.float32)
+      num_deleted = jnp.zeros(real.shape[:1], jnp.float32)
     else:
-      deleted = gate_lib.deletion_mask(out.gate, self.config.deletion_threshold) & real
+      deleted = gate_lib.deleted_positions(out.gate, real, self.config.deletion_threshold)
       num_deleted = jnp.sum(deleted, axis=-1).astype(jnp.float32)
     num_real = jnp.sum(real, axis=-1).astype(jnp.float32)
     return {
-        "deletion_rate": num_deleted / jnp.maximum(num_real, 1.0),
+        "deletion_rate": gate_lib.deletion_rate(num_deleted, num_real),
         "kept_length": num_real - num_deleted,
         "num_dropped": out.num_dropped,
     }

@@ -11,6 +11,7 @@ interruption.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import signal
@@ -30,17 +31,15 @@ from mrt5_jax import objective as objective_lib
 from mrt5_jax import optimizers
 from mrt5_jax import partitioning
 from mrt5_jax import summaries
+from mrt5_jax import train_step
+from mrt5_jax import trees
 from mrt5_jax.config import MrT5Config
+from mrt5_jax.hard_deletion import InferenceConfig
 from mrt5_jax.network import Transformer
 
 logger = logging.getLogger("mrt5_jax")
 
 GATE_PATH = ("encoder", "delete_gate")
-
-
-def _flat(tree) -> dict[tuple, Any]:
-  return {tuple(str(getattr(k, "key", k)) for k in path): leaf
-          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> tuple[Any, list]:
@@ -51,11 +50,10 @@ def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> t
   parameter missing from ``loaded``, or of another shape, is an error.
   Returns (params, the paths kept fresh).
   """
-  loaded_flat = _flat(loaded)
+  loaded_flat = trees.flatten(loaded)
   kept_fresh, problems = [], []
 
-  def pick(path, leaf):
-    key = tuple(str(getattr(k, "key", k)) for k in path)
+  def pick(key, leaf):
     is_gate = key[:2] == GATE_PATH
     if is_gate and (reinit_gate or key not in loaded_flat):
       kept_fresh.append("/".join(key))
@@ -69,7 +67,7 @@ def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> t
       return leaf
     return value.astype(leaf.dtype)
 
-  merged = jax.tree_util.tree_map_with_path(pick, fresh)
+  merged = trees.map_with_path(pick, fresh)
   if problems:
     raise ValueError("init checkpoint does not fit the model config: " + "; ".join(problems[:10])
                      + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
@@ -125,12 +123,11 @@ class Trainer:
     if self._state_shardings is None:
       abstract = self.abstract_variables(input_length, target_length)
       param_sh = self.partitioner.param_shardings(abstract["params_axes"])
-      abstract_opt = jax.eval_shape(self.tx.init, abstract["params"])
       rep = self.partitioner.replicated
       self._state_shardings = {
           "params": param_sh,
-          "opt_state": self.partitioner.like_params_shardings(abstract_opt, abstract["params"],
-                                                              param_sh),
+          "opt_state": self.partitioner.optimizer_shardings(self.tx, abstract["params"],
+                                                            param_sh),
           "flax_mutables": {controller_lib.COLLECTION: jax.tree_util.tree_map(
               lambda _: rep, controller_lib.init_state(self.controller))},
           "step": rep,
@@ -177,7 +174,12 @@ class Trainer:
 
   # -------------------------------------------------------------------------- step
 
-  def _loss_and_grads(self, params, controller_state, batch, rng, normalizers, num_micro):
+  def _loss_and_grads(self, params, controller_state, batch, rng):
+    """Gradients and metric sums of the whole batch, one micro-batch at a time,
+    and the controller state after the step (``train_step.advance_controller``)."""
+    num_micro = self.num_microbatches
+    normalizers = train_step.loss_normalizers(batch, self.objective, whole_batch=batch)
+
     def loss(params, micro, micro_rng):
       dropout_rng, deletion_rng = jax.random.split(micro_rng)
       return objective_lib.compute_loss(
@@ -188,37 +190,41 @@ class Trainer:
           num_microbatches=num_micro)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
+    advance = lambda state, counts, sums: train_step.advance_controller(
+        state, counts, sums, self.controller, num_micro)
     if num_micro == 1:
       (_, sums), grads = grad_fn(params, batch, rng)
-      return sums, grads
+      new_state, _ = advance(controller_state, train_step.initial_counts(), sums)
+      return sums, grads, new_state
     micro = _split_microbatches(batch, num_micro)
     first = {k: v[0] for k, v in micro.items()}
     (_, sums0), grads0 = grad_fn(params, first, jax.random.fold_in(rng, 0))
+    state0, counts0 = advance(controller_state, train_step.initial_counts(), sums0)
 
     def body(carry, index):
-      sums, grads = carry
+      sums, grads, state, counts = carry
       mb = {k: jax.lax.dynamic_index_in_dim(v, index, keepdims=False) for k, v in micro.items()}
       (_, s), g = grad_fn(params, mb, jax.random.fold_in(rng, index))
+      state, counts = advance(state, counts, s)
       return (objective_lib.merge_metric_sums(sums, s),
-              jax.tree_util.tree_map(jnp.add, grads, g)), None
+              jax.tree_util.tree_map(jnp.add, grads, g), state, counts), None
 
-    (sums, grads), _ = jax.lax.scan(body, (sums0, grads0), jnp.arange(1, num_micro))
-    return sums, grads
+    (sums, grads, new_state, _), _ = jax.lax.scan(
+        body, (sums0, grads0, state0, counts0), jnp.arange(1, num_micro))
+    return sums, grads, new_state
 
   def _train_step(self, state, batch):
     step = state["step"]
     rng = jax.random.fold_in(jax.random.PRNGKey(self.seed), step)
     controller_state = state["flax_mutables"][controller_lib.COLLECTION]
-    normalizers = objective_lib.batch_normalizers(batch, self.objective)
-    sums, grads = self._loss_and_grads(state["params"], controller_state, batch, rng,
-                                       normalizers, self.num_microbatches)
+    sums, grads, new_controller = self._loss_and_grads(state["params"], controller_state,
+                                                       batch, rng)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = objective_lib.finalize_metrics(sums, controller_state, self.controller)
+    alpha = controller_lib.effective_alpha(controller_state, self.controller)
+    metrics = train_step.finalize(train_step.step_metrics(sums, alpha))
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = jnp.asarray(self.schedule(step), jnp.float32)
-    new_controller = controller_lib.update(controller_state, metrics["deletion_rate"],
-                                           self.controller)
     new_state = {"params": params, "opt_state": opt_state,
                  "flax_mutables": {controller_lib.COLLECTION: new_controller},
                  "step": step + 1}
@@ -295,6 +301,23 @@ def _to_host(metrics: Mapping[str, jax.Array]) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(dict(metrics)).items()}
 
 
+SUMMARY_FILE = "train_summary.json"
+
+
+def _write_summary(model_dir: str, metrics: Mapping[str, float]) -> None:
+  """The last logged train metrics of a finished run (read back when it is re-run)."""
+  with open(os.path.join(model_dir, SUMMARY_FILE), "w") as f:
+    json.dump(dict(metrics), f, indent=2, sort_keys=True)
+
+
+def _read_summary(model_dir: str) -> dict:
+  path = os.path.join(model_dir, SUMMARY_FILE)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
 @gin.configurable(denylist=["stop_after"])
 def train(*,
           model_dir: str = gin.REQUIRED,
@@ -315,6 +338,7 @@ def train(*,
           async_checkpointing: bool = True,
           eval_every: int = 0,
           eval_steps: int = 8,
+          inference: InferenceConfig = InferenceConfig(),
           init_checkpoint: Optional[str] = None,
           reinit_gate: bool = True,
           resume: bool = True,
@@ -326,7 +350,9 @@ def train(*,
   controller, step, data position) unless ``resume=False``; otherwise starts
   from ``init_checkpoint`` (params only, gate fresh) or from scratch.
   ``stop_after`` (Python only) ends the run after that many steps of this call,
-  as an interruption would, saving a checkpoint.
+  as an interruption would, saving a checkpoint. ``inference`` sets how the
+  evaluation's hard deletion buckets its compacted lengths. Called again on a
+  finished run, it trains nothing and reports the final evaluation again.
   """
   start_time = time.time()
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
@@ -367,9 +393,13 @@ def train(*,
   train_iter = data_lib.BatchIterator(train_dataset, shard_id=host, num_shards=num_hosts,
                                       batches_consumed=batches_consumed)
   evaluator = None
+  final_profile = None
   if eval_dataset is not None and eval_every > 0:
     from mrt5_jax import evaluation
-    evaluator = evaluation.Evaluator(trainer.module, trainer.partitioner, objective, controller)
+    evaluator = evaluation.Evaluator(trainer.module, trainer.partitioner, objective, controller,
+                                     inference)
+    if model_config.has_gate:
+      final_profile = evaluation.DeletionProfile(model_config.vocab_size)
 
   target_rate = controller.target_deletion_rate if model_config.has_gate else None
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
@@ -377,13 +407,26 @@ def train(*,
               dict(trainer.partitioner.mesh.shape), train_dataset.batch_size, input_length,
               step, train_steps)
 
-  metrics_host: dict = {}
+  metrics_host: dict = _read_summary(model_dir) if step >= train_steps else {}
   eval_metrics: dict = {}
+  evaluated_at = None
   last_saved = step if latest is not None else None
   interrupted = False
   window_start, window_examples = time.time(), 0
   steps_this_call = 0
   history: list = []
+
+  def run_eval(current_step):
+    nonlocal evaluated_at
+    profile = final_profile if current_step >= train_steps else None
+    results = evaluator.evaluate_dataset(
+        state["params"], state["flax_mutables"][controller_lib.COLLECTION], eval_dataset,
+        eval_steps, profile)
+    for mode, values in results.items():
+      writer.scalars(f"eval_{mode}", current_step, values)
+      logger.info("eval %s @%d: %s", mode, current_step, summaries.eval_line(values))
+    evaluated_at = current_step
+    return results
 
   def save(current_step):
     nonlocal last_saved
@@ -416,17 +459,15 @@ def train(*,
           writer.scalars("train", step, metrics_host)
           window_start, window_examples = time.time(), 0
         if evaluator is not None and (step % eval_every == 0 or step == train_steps):
-          eval_metrics = evaluator.evaluate_dataset(
-              state["params"], state["flax_mutables"][controller_lib.COLLECTION],
-              eval_dataset, eval_steps)
-          for mode, values in eval_metrics.items():
-            writer.scalars(f"eval_{mode}", step, values)
-            logger.info("eval %s @%d: %s", mode, step, summaries.eval_line(values))
+          eval_metrics = run_eval(step)
         if step % checkpoint_every == 0:
           save(step)
         if stop.stop or (stop_after is not None and steps_this_call >= stop_after):
           interrupted = stop.stop or step < train_steps
           break
+      if (evaluator is not None and not interrupted and step >= train_steps
+          and evaluated_at != step):
+        eval_metrics = run_eval(step)
     except KeyboardInterrupt:
       interrupted = True
       logger.warning("interrupted at step %d; saving a checkpoint", step)
@@ -438,14 +479,10 @@ def train(*,
 
   if not metrics_host and steps_this_call:
     metrics_host = _to_host(metrics)
-  profile = {}
-  if evaluator is not None and model_config.has_gate and not interrupted:
-    import itertools
-    from mrt5_jax import evaluation
-    batches = data_lib.get_dataset(eval_dataset, shard_id=host,
-                                   num_shards=num_hosts).as_numpy_iterator()
-    profile = evaluation.deletion_profile(trainer.module, state["params"],
-                                          itertools.islice(batches, eval_steps))
+  finished = step >= train_steps and not interrupted
+  if finished and steps_this_call and host == 0:
+    _write_summary(model_dir, metrics_host)
+  profile = final_profile.as_dict() if final_profile is not None and finished else {}
   ckpt = os.path.join(checkpoints.checkpoint_dir(model_dir), str(step))
   return TrainResult(model_dir=model_dir, checkpoint_dir=ckpt, step=step, metrics=metrics_host,
                      eval_metrics=eval_metrics, target_deletion_rate=target_rate,

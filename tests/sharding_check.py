@@ -10,30 +10,26 @@ import sys
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mrt5_jax import config as config_lib  # noqa: E402
 from mrt5_jax import controller as ctl  # noqa: E402
 from mrt5_jax import optimizers  # noqa: E402
 from mrt5_jax import partitioning  # noqa: E402
 from mrt5_jax import trainer as trainer_lib  # noqa: E402
+from tests.fixtures import byte_batch, model_config  # noqa: E402
 
 
-def batch(rows=8, enc=16, dec=8, seed=0):
-  rng = np.random.RandomState(seed)
-  e = rng.randint(3, 259, (rows, enc)).astype(np.int32)
-  e[::3, 11:] = 0
-  t = rng.randint(3, 259, (rows, dec)).astype(np.int32)
-  t[1::2, 6:] = 0
-  d = np.concatenate([np.zeros((rows, 1), np.int32), t[:, :-1]], axis=1)
-  return {"encoder_input_tokens": e, "decoder_input_tokens": d, "decoder_target_tokens": t}
+def batch():
+  return byte_batch(batch=8, length=16, target_length=8, pad_from=(11, None, None),
+                    target_pad_from=(None, 6), eos=False)
 
 
-def one_step(devices, num_partitions, config, num_microbatches=1):
+def one_step(devices, num_partitions, config, num_microbatches=1, optimizer="adamw"):
   tr = trainer_lib.Trainer(
-      config, optimizer=optimizers.OptimizerConfig(learning_rate=1e-3),
+      config, optimizer=optimizers.OptimizerConfig(name=optimizer, learning_rate=1e-3),
       controller=ctl.ControllerConfig(initial_alpha=0.5),
       mesh=partitioning.MeshConfig(num_partitions=num_partitions), devices=devices,
       num_microbatches=num_microbatches, enable_dropout=False)
@@ -45,12 +41,15 @@ def one_step(devices, num_partitions, config, num_microbatches=1):
 
 def main():
   assert len(jax.devices()) == 8, jax.devices()
-  config = config_lib.MrT5Config(d_model=32, d_ff=64, num_heads=4, head_dim=8,
-                                 num_encoder_layers=2, num_decoder_layers=1, delete_gate_layer=1,
-                                 vocab_size=384)
+  config = model_config("trainer", num_heads=4, head_dim=8)
   _, single_state, single = one_step(jax.devices()[:1], 1, config)
   tr, sharded_state, sharded = one_step(jax.devices(), 2, config)
   _, _, accumulated = one_step(jax.devices(), 2, config, num_microbatches=2)
+  _, _, adafactor_single = one_step(jax.devices()[:1], 1, config, optimizer="adafactor")
+  adafactor_tr, adafactor_state, adafactor = one_step(jax.devices(), 2, config,
+                                                      optimizer="adafactor")
+  factored = [leaf for leaf in jax.tree_util.tree_leaves(adafactor_state["opt_state"])
+              if leaf.ndim == 1 and leaf.size > 1]
   params = sharded_state["params"]
   wi = params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]
   emb = params["token_embedder"]["embedding"]
@@ -63,6 +62,9 @@ def main():
   report = {
       "mesh": dict(tr.partitioner.mesh.shape),
       "single": single, "sharded": sharded, "accumulated": accumulated,
+      "adafactor_single": adafactor_single, "adafactor_sharded": adafactor,
+      "adafactor_factored_fully_replicated": all(
+          leaf.sharding.is_fully_replicated for leaf in factored) and bool(factored),
       "max_param_diff": max_param_diff,
       "wi_0_spec": [str(a) for a in wi.sharding.spec],
       "wi_0_shard_shape": list(wi.addressable_shards[0].data.shape), "wi_0_shape": list(wi.shape),

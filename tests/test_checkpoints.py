@@ -8,7 +8,11 @@ import pytest
 from mrt5_jax import checkpoints
 from mrt5_jax import optimizers
 from mrt5_jax import trainer as trainer_lib
-from tests.trainer_helpers import micro_config
+from tests.fixtures import model_config
+
+
+def micro_config(**overrides):
+  return model_config("trainer", **overrides)
 
 
 def _trainer(config):

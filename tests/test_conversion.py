@@ -13,7 +13,8 @@ from safetensors.numpy import load_file, save_file
 
 from mrt5_jax.cli import convert as cli
 from mrt5_jax.config import preset
-from mrt5_jax.conversion import checkpoints, configs, convert, folders, mapping
+from mrt5_jax import checkpoints, trees
+from mrt5_jax.conversion import configs, convert, folders, mapping
 from mrt5_jax.network import Transformer
 
 GATED = preset("tiny", delete_gate_layer=2, use_softmax1=True)
@@ -91,7 +92,7 @@ def write_t5x_msgpack(model_dir, params, step):
 
 
 def assert_trees_equal(a, b):
-  flat_a, flat_b = mapping.flatten(a), mapping.flatten(b)
+  flat_a, flat_b = trees.flatten(a), trees.flatten(b)
   assert sorted(flat_a) == sorted(flat_b)
   for path, value in flat_a.items():
     other = np.asarray(flat_b[path])
@@ -126,7 +127,7 @@ def test_unexpected_or_inconsistent_tensors_are_refused(gated_params):
 
 def test_state_dict_names_and_layout(gated_params):
   sd = mapping.jax_to_hf_state_dict(gated_params, GATED)
-  flat = mapping.flatten(gated_params)
+  flat = trees.flatten(gated_params)
   gate = "encoder.block.2.delete_gate"
   assert sd[f"{gate}.feed_forward.weight"].shape == (1, 64)
   assert sd[f"{gate}.feed_forward.bias"].shape == (1,)
@@ -232,18 +233,17 @@ def test_project_checkpoint_to_pytorch_and_back(tmp_path, gated_params):
 
 def test_trainer_checkpoints_interoperate(tmp_path, gated_params):
   """The trainer's own save is readable here; from-pytorch output is readable by the trainer."""
-  from mrt5_jax import checkpoints as trainer_checkpoints
   model_dir = str(tmp_path / "run")
-  trainer_checkpoints.write_config(model_dir, GATED)
+  checkpoints.write_config(model_dir, GATED)
   state = {"params": gated_params, "step": np.int64(30),
            "opt_state": jax.tree_util.tree_map(np.zeros_like, gated_params)}
-  with trainer_checkpoints.manager(model_dir, async_save=False) as mngr:
-    trainer_checkpoints.save(mngr, 30, state, {"batches_consumed": 30})
+  with checkpoints.manager(model_dir, async_save=False) as mngr:
+    checkpoints.save(mngr, 30, state, {"batches_consumed": 30})
     mngr.wait_until_finished()
   convert.to_pytorch(model_dir, str(tmp_path / "hf"))
   convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "back"))
-  assert_trees_equal(gated_params, trainer_checkpoints.restore_params(str(tmp_path / "back")))
-  assert trainer_checkpoints.read_config(str(tmp_path / "back")).delete_gate_layer == 2
+  assert_trees_equal(gated_params, checkpoints.restore_params(str(tmp_path / "back")))
+  assert checkpoints.read_config(str(tmp_path / "back")).delete_gate_layer == 2
 
 
 def test_t5x_layout_converts(tmp_path, gated_params, plain_params):

@@ -7,9 +7,9 @@ from mrt5_jax import controller as ctl
 from mrt5_jax import evaluation
 from mrt5_jax import objective as obj
 from mrt5_jax import partitioning
-from mrt5_jax.config import bucket_for
+from mrt5_jax.hard_deletion import EncodePath, InferenceConfig, bucket_for
 from mrt5_jax.inference import InferenceRunner
-from tests.conftest import make_batch
+from tests.fixtures import small_batch
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +22,8 @@ def setup(tiny_model):
       "bias"] - 1.0
   evaluator = evaluation.Evaluator(module, partitioning.Partitioner(), obj.ObjectiveConfig(z_loss=0.0),
                                    ctl.ControllerConfig())
-  batch = make_batch(seed=5, batch=4, enc_len=32, dec_len=8, pad_from=(None, 20, 9, None),
-                     dec_pad_from=(6, None, 3, None))
+  batch = small_batch(seed=5, batch=4, length=32, target_length=8, pad_from=(None, 20, 9, None),
+                      target_pad_from=(6, None, 3, None))
   return module, params, evaluator, batch
 
 
@@ -31,7 +31,7 @@ def setup(tiny_model):
 def test_cross_entropy_matches_inference_runner(setup, mode):
   module, params, evaluator, batch = setup
   state = ctl.init_state(ctl.ControllerConfig())
-  sums = evaluator.batch_sums(params, state, batch, mode)
+  sums = evaluator.batch_sums(params, state, batch, modes=[mode])[mode]
   runner = InferenceRunner(module.config, params, mode="soft" if mode == "soft" else "bucketed")
   ll = np.asarray(runner.score(batch["encoder_input_tokens"], batch["decoder_input_tokens"],
                                batch["decoder_target_tokens"]))
@@ -41,22 +41,25 @@ def test_cross_entropy_matches_inference_runner(setup, mode):
 
 def test_hard_length_is_the_bucket_of_the_largest_kept_count(setup):
   module, params, evaluator, batch = setup
-  _, gate, _ = module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
-                            method=module.encode_stage_one)
+  reading = module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
+                         method=module.encode_stage_one)
   real = batch["encoder_input_tokens"] > 0
-  kept = ((np.asarray(gate) >= module.config.deletion_threshold) & real).sum(-1).max()
-  assert evaluator.hard_length(params, batch) == bucket_for(module.config, 32, int(kept))
-  assert evaluator.hard_length(params, batch) < 32
+  kept = ((np.asarray(reading.gate) >= module.config.deletion_threshold) & real).sum(-1).max()
+  state = ctl.init_state(ctl.ControllerConfig())
+  length = float(evaluator.batch_sums(params, state, batch)["hard"]["compacted_length"])
+  assert length == bucket_for(InferenceConfig(), 32, int(kept)) < 32
 
 
 def test_evaluate_batches_and_profile(setup):
   module, params, evaluator, batch = setup
+  collected = evaluation.DeletionProfile(module.config.vocab_size)
   results = evaluator.evaluate_batches(params, ctl.init_state(ctl.ControllerConfig()),
-                                       [batch, batch])
+                                       [batch, batch], profile=collected)
   assert set(results) == {"soft", "hard"}
   np.testing.assert_allclose(results["soft"]["deletion_rate"], results["hard"]["deletion_rate"])
   assert results["hard"]["num_batches"] == 2
-  profile = evaluation.deletion_profile(module, params, [batch])
+  profile = evaluation.deletion_profile(EncodePath(module), params, [batch])
+  assert {k: (2 * d, 2 * n) for k, (d, n) in profile.items()} == collected.as_dict()
   seen = sum(s for _, s in profile.values())
   assert seen == int((batch["encoder_input_tokens"] > 0).sum())
   deleted = sum(d for d, _ in profile.values())

@@ -4,7 +4,7 @@ import numpy as np
 
 from mrt5_jax import gate as gate_lib
 from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS
-from tests.network_testing import tiny_config
+from tests.fixtures import model_config as tiny_config
 
 
 def test_gate_value_matches_published_formula():
@@ -36,10 +36,14 @@ def test_fresh_gate_has_bias_one_so_a_neutral_input_gets_k_sigmoid_minus_one():
   np.testing.assert_allclose(gate, -30.0 / (1 + np.e), rtol=1e-5)
 
 
-def test_deletion_rate_counts_real_positions_only():
+def test_deleted_positions_and_rate_count_real_positions_only():
   gate = jnp.array([[-20.0, -1.0, -30.0, -30.0], [-16.0, -14.0, -15.5, -1.0]])
   real = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
-  assert float(gate_lib.deletion_rate(gate, real, -15.0)) == 3 / 6
+  deleted = gate_lib.deleted_positions(gate, real, -15.0)
+  np.testing.assert_array_equal(deleted, [[True, False, False, False],
+                                          [True, False, True, False]])
+  assert float(gate_lib.deletion_rate(jnp.sum(deleted), jnp.sum(real))) == 3 / 6
+  assert float(gate_lib.deletion_rate(0.0, 0.0)) == 0.0
 
 
 def reference_fixed_keep(tokens, amount):
@@ -72,6 +76,7 @@ def test_random_gate_rate_and_pads():
   real = jnp.ones((8, 512)).at[:, 400:].set(0)
   gate = gate_lib.mask_pads(gate_lib.random_gate(jax.random.PRNGKey(3), real, 0.3, -30.0), real,
                             -30.0)
-  rate = float(gate_lib.deletion_rate(gate, real, -15.0))
+  deleted = gate_lib.deleted_positions(gate, real, -15.0)
+  rate = float(gate_lib.deletion_rate(jnp.sum(deleted), jnp.sum(real)))
   assert abs(rate - 0.3) < 0.03
   assert np.all(np.asarray(gate)[:, 400:] == -30.0)

@@ -5,7 +5,8 @@ import pytest
 
 from mrt5_jax.conversion.mapping import hf_state_dict_to_jax
 from mrt5_jax.network import Transformer
-from tests.network_testing import random_batch, tiny_config
+from tests.fixtures import as_tuple, byte_batch, model_config as tiny_config
+
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -32,7 +33,7 @@ def byt5_shaped_hf_model(cfg, seed=0):
 @pytest.mark.parametrize("length", [24, 300])
 def test_logits_match_hugging_face_t5(length):
   cfg = tiny_config(deletion_type="none")
-  enc, dec_in, tgt = random_batch(length=length, pad_from=(None, length - 7, 5))
+  enc, dec_in, tgt = as_tuple(byte_batch(length=length, pad_from=(None, length - 7, 5)))
   model = byt5_shaped_hf_model(cfg)
   state_dict = {k: v.detach().numpy() for k, v in model.state_dict().items()}
   params = hf_state_dict_to_jax(state_dict, cfg)

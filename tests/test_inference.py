@@ -3,17 +3,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mrt5_jax.config import bucket_lengths
+from mrt5_jax.hard_deletion import InferenceConfig, bucket_lengths
 from mrt5_jax.inference import InferenceRunner
-from tests.network_testing import init_params, random_batch, tiny_config
+from tests.fixtures import as_tuple, byte_batch, init_params, model_config
 
 jax.config.update("jax_default_matmul_precision", "highest")
+BUCKETS = InferenceConfig(mode="bucketed", capacity_fraction=0.5, min_bucket_length=4,
+                          bucket_step=4)
 
 
 @pytest.fixture(scope="module")
 def model():
-  cfg = tiny_config(capacity_fraction=0.5, min_bucket_length=4, bucket_step=4)
-  batch = random_batch(length=32, pad_from=(None, 20, 9))
+  cfg = model_config()
+  batch = as_tuple(byte_batch(length=32, pad_from=(None, 20, 9)))
   module, params = init_params(cfg, batch)
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([0.0], jnp.float32)
   return cfg, batch, params
@@ -21,8 +23,9 @@ def model():
 
 def test_capacity_equals_bucketed_without_overflow(model):
   cfg, (enc, dec_in, tgt), params = model
-  bucketed = InferenceRunner(cfg, params, mode="bucketed")
-  capacity = InferenceRunner(cfg.replace(capacity_fraction=0.9), params, mode="capacity")
+  bucketed = InferenceRunner(cfg, params, mode="bucketed", inference=BUCKETS)
+  capacity = InferenceRunner(cfg, params, mode="capacity",
+                             inference=BUCKETS.replace(capacity_fraction=0.9))
   a, b = bucketed.encode(enc), capacity.encode(enc)
   assert int(np.asarray(b.num_dropped).sum()) == 0
   n = a.compacted_length
@@ -38,7 +41,8 @@ def test_capacity_equals_bucketed_without_overflow(model):
 
 def test_capacity_overflow_keeps_highest_gate_positions(model):
   cfg, (enc, _, _), params = model
-  runner = InferenceRunner(cfg.replace(capacity_fraction=0.25), params, mode="capacity")
+  runner = InferenceRunner(cfg, params, mode="capacity",
+                           inference=BUCKETS.replace(capacity_fraction=0.25))
   out = runner.encode(enc)
   assert out.compacted_length == 8
   gate = np.asarray(out.gate)
@@ -54,8 +58,8 @@ def test_capacity_overflow_keeps_highest_gate_positions(model):
 
 def test_bucketing_compiles_at_most_one_program_per_bucket(model):
   cfg, (enc, _, _), params = model
-  runner = InferenceRunner(cfg, params, mode="bucketed")
-  buckets = bucket_lengths(cfg, enc.shape[1])
+  runner = InferenceRunner(cfg, params, inference=BUCKETS)
+  buckets = bucket_lengths(BUCKETS, enc.shape[1])
   rng = np.random.RandomState(0)
   seen = set()
   for step in range(50):
@@ -71,13 +75,13 @@ def test_bucketing_compiles_at_most_one_program_per_bucket(model):
     assert int(np.asarray(out.num_dropped).sum()) == 0
     seen.add(out.compacted_length)
   assert len(seen) >= 3
-  assert runner._stage_two._cache_size() <= len(buckets)
+  assert runner.path._stage_two._cache_size() <= len(buckets)
   assert runner.num_compiled_programs <= len(buckets) + 1
 
 
 def test_greedy_decoding_with_cache_equals_repeated_full_passes(model):
   cfg, (enc, _, _), params = model
-  runner = InferenceRunner(cfg, params, mode="bucketed")
+  runner = InferenceRunner(cfg, params, mode="bucketed", inference=BUCKETS)
   steps = 8
   generated = np.asarray(runner.generate(enc, steps))
   out = runner.encode(enc)
@@ -119,3 +123,15 @@ def test_runner_refuses_bad_input(model):
     runner.encode(np.zeros((2, 8), np.float32))
   with pytest.raises(ValueError, match="mode must be"):
     InferenceRunner(cfg, params, mode="fast")
+
+
+def test_bucket_arithmetic():
+  powers = InferenceConfig(min_bucket_length=8)
+  assert bucket_lengths(powers, 100) == (8, 16, 32, 64, 100)
+  steps = InferenceConfig(bucket_step=64, min_bucket_length=100)
+  assert bucket_lengths(steps, 300) == (128, 192, 256, 300)
+  from mrt5_jax.hard_deletion import bucket_for, capacity_length
+  assert bucket_for(powers, 100, 33) == 64 and bucket_for(powers, 100, 99) == 100
+  assert capacity_length(InferenceConfig(capacity_fraction=0.3), 100) == 32
+  with pytest.raises(ValueError, match="mode must be"):
+    InferenceConfig(mode="fast")

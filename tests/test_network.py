@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mrt5_jax.network import Transformer
-from tests.network_testing import init_params, random_batch, tiny_config
+from tests.fixtures import as_tuple, byte_batch, init_params, model_config
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -15,8 +15,8 @@ def encoder_output(module, params, enc, **kwargs):
 
 
 def test_parameter_tree_names_and_shapes():
-  cfg = tiny_config()
-  module, params = init_params(cfg, random_batch())
+  cfg = model_config()
+  module, params = init_params(cfg, as_tuple(byte_batch()))
   flat = {"/".join(k.key for k in path): v.shape
           for path, v in jax.tree_util.tree_flatten_with_path(params)[0]}
   inner = cfg.num_heads * cfg.head_dim
@@ -33,15 +33,15 @@ def test_parameter_tree_names_and_shapes():
   assert flat["encoder/delete_gate/layer_norm/scale"] == (cfg.d_model,)
   gate_params = [k for k in flat if "delete_gate" in k]
   assert sum(int(np.prod(flat[k])) for k in gate_params) == cfg.d_model * 2 + 1
-  plain_module, plain = init_params(tiny_config(deletion_type="none"), random_batch())
+  plain_module, plain = init_params(model_config(deletion_type="none"), as_tuple(byte_batch()))
   plain_flat = {"/".join(k.key for k in path)
                 for path, _ in jax.tree_util.tree_flatten_with_path(plain)[0]}
   assert plain_flat == set(flat) - set(gate_params)
 
 
 def test_params_carry_logical_axis_names():
-  cfg = tiny_config()
-  batch = random_batch()
+  cfg = model_config()
+  batch = as_tuple(byte_batch())
   variables = Transformer(cfg).init(jax.random.PRNGKey(0), *batch, enable_dropout=False)
   axes = variables["params_axes"]
   assert axes["token_embedder"]["embedding_axes"].names == ("vocab", "embed")
@@ -49,11 +49,17 @@ def test_params_carry_logical_axis_names():
       "embed", "joined_kv")
   assert axes["encoder"]["layers_0"]["mlp"]["wo"]["kernel_axes"].names == ("mlp", "embed")
   assert axes["decoder"]["logits_dense"]["kernel_axes"].names == ("embed", "vocab")
+  gate = axes["encoder"]["delete_gate"]
+  assert gate["dense"]["kernel_axes"].names == ("embed", "gate_score")
+  assert gate["dense"]["bias_axes"].names == ("gate_score",)
+  names = [tuple(leaf.names) for leaf in jax.tree_util.tree_leaves(
+      axes, is_leaf=lambda x: hasattr(x, "names"))]
+  assert all(None not in n for n in names), "every parameter axis has a logical name"
 
 
 def test_soft_deletion_with_zero_gate_equals_plain_byt5_exactly():
-  cfg = tiny_config()
-  batch = random_batch()
+  cfg = model_config()
+  batch = as_tuple(byte_batch())
   module, params = init_params(cfg, batch)
   params = jax.tree_util.tree_map(lambda x: x, params)
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([1e4], jnp.float32)
@@ -62,7 +68,7 @@ def test_soft_deletion_with_zero_gate_equals_plain_byt5_exactly():
   assert np.all(np.asarray(gated[1].gate)[real] == 0.0)
   plain_params = dict(params)
   plain_params["encoder"] = {k: v for k, v in params["encoder"].items() if k != "delete_gate"}
-  plain = Transformer(tiny_config(deletion_type="none")).apply(
+  plain = Transformer(model_config(deletion_type="none")).apply(
       {"params": plain_params}, *batch, enable_dropout=False)
   np.testing.assert_array_equal(np.asarray(gated[0]), np.asarray(plain))
 
@@ -77,16 +83,16 @@ def forced_gate(enc, kept):
 
 @pytest.mark.parametrize("use_softmax1", [False, True])
 def test_hard_deletion_equals_soft_deletion_with_minus_infinity(use_softmax1):
-  cfg = tiny_config(use_softmax1=use_softmax1)
-  enc, dec_in, tgt = batch = random_batch()
+  cfg = model_config(use_softmax1=use_softmax1)
+  enc, dec_in, tgt = batch = as_tuple(byte_batch())
   module, params = init_params(cfg, batch)
   kept = [[0, 3, 4, 9, 15, 23], [1, 2, 5, 16], [0, 4]]
   gate = forced_gate(enc, kept)
-  hidden, _, logits = module.apply({"params": params}, enc, None, False,
-                                   method=module.encode_stage_one)
-  soft = module.apply({"params": params}, hidden, gate, logits, enc, None, False,
+  reading = module.apply({"params": params}, enc, None, False, method=module.encode_stage_one)
+  reading = reading.replace(gate=gate)
+  soft = module.apply({"params": params}, reading, enc, None, False,
                       deletion="soft", method=module.encode_stage_two)
-  hard = module.apply({"params": params}, hidden, gate, logits, enc, None, False,
+  hard = module.apply({"params": params}, reading, enc, None, False,
                       deletion="hard", compacted_length=8, method=module.encode_stage_two)
   for row, positions in enumerate(kept):
     n = len(positions)
@@ -102,8 +108,8 @@ def test_hard_deletion_equals_soft_deletion_with_minus_infinity(use_softmax1):
 
 
 def test_hard_deletion_of_everything_and_all_pad_rows_stay_finite():
-  cfg = tiny_config()
-  enc, dec_in, tgt = batch = random_batch()
+  cfg = model_config()
+  enc, dec_in, tgt = batch = as_tuple(byte_batch())
   enc = enc.copy()
   enc[2, :] = 0
   module, params = init_params(cfg, batch)
@@ -119,7 +125,7 @@ def test_hard_deletion_of_everything_and_all_pad_rows_stay_finite():
 
 
 def test_packed_segments_never_attend_across_segments():
-  cfg = tiny_config()
+  cfg = model_config()
   rng = np.random.RandomState(5)
   a, b = rng.randint(3, 259, 9), rng.randint(3, 259, 7)
   a[-1] = b[-1] = 1
@@ -127,7 +133,7 @@ def test_packed_segments_never_attend_across_segments():
   packed[0, :9], packed[0, 9:16] = a, b
   segments = np.zeros((1, 20), np.int32)
   segments[0, :9], segments[0, 9:16] = 1, 2
-  module, params = init_params(cfg, random_batch(length=20))
+  module, params = init_params(cfg, as_tuple(byte_batch(length=20)))
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([0.0], jnp.float32)
   for deletion in ("soft", "hard"):
     both = encoder_output(module, params, packed, encoder_segment_ids=segments,
@@ -148,9 +154,9 @@ def test_packed_segments_never_attend_across_segments():
 
 
 def test_random_and_fixed_baselines_run():
-  batch = random_batch()
+  batch = as_tuple(byte_batch())
   for deletion_type in ("random", "fixed"):
-    cfg = tiny_config(deletion_type=deletion_type)
+    cfg = model_config(deletion_type=deletion_type)
     module, params = init_params(cfg, batch)
     assert "delete_gate" not in params["encoder"]
     logits, out = module.apply({"params": params}, *batch, enable_dropout=False,
@@ -160,21 +166,21 @@ def test_random_and_fixed_baselines_run():
 
 
 def test_empty_and_malformed_inputs_are_refused():
-  cfg = tiny_config()
-  module, params = init_params(cfg, random_batch())
+  cfg = model_config()
+  module, params = init_params(cfg, as_tuple(byte_batch()))
   with pytest.raises(ValueError, match="empty"):
     module.apply({"params": params}, np.zeros((2, 0), np.int32), method=module.encode)
   with pytest.raises(ValueError, match="batch, length"):
     module.apply({"params": params}, np.zeros((4,), np.int32), method=module.encode)
   with pytest.raises(ValueError, match="deletion must be"):
-    module.apply({"params": params}, random_batch()[0], deletion="maybe", method=module.encode)
+    module.apply({"params": params}, as_tuple(byte_batch())[0], deletion="maybe", method=module.encode)
 
 
 def test_bfloat16_activations_give_float32_logits_close_to_float32():
-  batch = random_batch()
-  module, params = init_params(tiny_config(), batch)
+  batch = as_tuple(byte_batch())
+  module, params = init_params(model_config(), batch)
   reference = module.apply({"params": params}, *batch, enable_dropout=False)
-  half = Transformer(tiny_config(dtype="bfloat16"))
+  half = Transformer(model_config(dtype="bfloat16"))
   for deletion in ("soft", "hard"):
     logits = half.apply({"params": params}, *batch, enable_dropout=False, deletion=deletion,
                         compacted_length=24)

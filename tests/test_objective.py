@@ -4,9 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.conftest import make_batch
 from mrt5_jax import controller as ctl
 from mrt5_jax import objective as obj
+from mrt5_jax import train_step
+from tests.fixtures import small_batch as make_batch
 
 
 def _np_log_softmax(x):
@@ -72,10 +73,10 @@ def test_gate_terms_use_segment_ids_when_packed():
   assert float(sums["num_deleted"]) == 3  # -20, -29, -16
   assert float(sums["gate_min"]) == -29.0 and float(sums["gate_max"]) == -1.0
   assert float(sums["kept_max"]) == 1.0
-  np.testing.assert_allclose(float(obj.gate_regularizer(jnp.asarray(gate), real)),
-                             real_vals.mean(), rtol=1e-6)
-  unpacked = obj.real_encoder_mask(jnp.asarray(tokens))
-  np.testing.assert_allclose(float(obj.gate_regularizer(jnp.asarray(gate), unpacked)),
+  np.testing.assert_allclose(float(sums["gate_sum"] / sums["num_real"]), real_vals.mean(),
+                             rtol=1e-6)
+  unpacked = obj.gate_sums(jnp.asarray(gate), obj.real_encoder_mask(jnp.asarray(tokens)), -15.0)
+  np.testing.assert_allclose(float(unpacked["gate_sum"] / unpacked["num_real"]),
                              gate[tokens > 0].mean(), rtol=1e-6)
 
 
@@ -107,15 +108,37 @@ def test_compute_loss_composition(tiny_model):
   gate = np.asarray(aux.gate)
   expected = ce + 0.7 * gate[real].mean()
   np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
-  metrics = obj.finalize_metrics(sums, state, cc)
+  metrics = train_step.finalize(train_step.step_metrics(sums, ctl.effective_alpha(state, cc)))
   np.testing.assert_allclose(float(metrics["deletion_rate"]),
                              (gate[real] < module.config.deletion_threshold).mean(), rtol=1e-6)
   assert float(metrics["alpha"]) == pytest.approx(0.7)
+  np.testing.assert_allclose(float(metrics["gate_mean"]), gate[real].mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["cross_entropy_per_token"]),
+                             ((nll - 1e-4 * log_z ** 2) * w).sum() / w.sum(), rtol=1e-5)
+
+
+def test_compute_loss_from_a_precomputed_stage_one_is_the_same(tiny_model):
+  module, variables = tiny_model
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
+  cc = ctl.ControllerConfig(initial_alpha=0.7)
+  state = ctl.init_state(cc)
+  oc = obj.ObjectiveConfig(z_loss=1e-4, score_loss_coeff=0.1)
+  reading = module.apply(variables, batch["encoder_input_tokens"], None, False,
+                         method=module.encode_stage_one)
+  for deletion, length in (("soft", None), ("hard", 16), ("hard", 8)):
+    kwargs = dict(objective=oc, controller=cc, enable_dropout=False, deletion=deletion,
+                  compacted_length=length)
+    loss, sums = obj.compute_loss(module, variables["params"], state, batch, None, **kwargs)
+    again, sums_again = obj.compute_loss(module, variables["params"], state, batch, None,
+                                         stage_one=reading, **kwargs)
+    assert float(again) == float(loss)
+    for key in ("cross_entropy_sum", "num_deleted", "score_penalty", "compacted_length"):
+      assert float(sums_again[key]) == float(sums[key])
 
 
 def test_microbatches_add_up_to_full_batch(tiny_model):
   module, variables = tiny_model
-  full = make_batch(seed=4, batch=4, pad_from=(None, 10, 3, None), dec_pad_from=(6, None, 2, 7))
+  full = make_batch(seed=4, batch=4, pad_from=(None, 10, 3, None), target_pad_from=(6, None, 2, 7))
   full = {k: jnp.asarray(v) for k, v in full.items()}
   cc = ctl.ControllerConfig(initial_alpha=0.3)
   state = ctl.init_state(cc)
@@ -126,7 +149,7 @@ def test_microbatches_add_up_to_full_batch(tiny_model):
                             enable_dropout=False, normalizers=normalizers)
 
   grad_fn = jax.value_and_grad(loss, has_aux=True)
-  norms = obj.batch_normalizers(full, oc)
+  norms = train_step.loss_normalizers(full, oc, whole_batch=full)
   (l_full, s_full), g_full = grad_fn(variables["params"], full, norms)
   halves = [{k: v[i * 2:(i + 1) * 2] for k, v in full.items()} for i in range(2)]
   (l0, s0), g0 = grad_fn(variables["params"], halves[0], norms)
@@ -149,5 +172,6 @@ def test_all_pad_batch_is_finite(tiny_model):
                                  enable_dropout=False), has_aux=True)(variables["params"])
   assert np.isfinite(float(loss))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
-  metrics = obj.finalize_metrics(sums)
+  metrics = train_step.finalize(train_step.step_metrics(sums, jnp.float32(1.0)))
   assert float(metrics["deletion_rate"]) == 0.0
+  assert all(np.isfinite(float(v)) for k, v in metrics.items() if k not in ("gate_min", "gate_max"))

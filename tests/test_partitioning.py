@@ -41,6 +41,14 @@ def test_microbatched_sharded_step_matches(report):
                                atol=1e-5, err_msg=key)
 
 
+def test_adafactor_state_shardings_come_from_the_params(report):
+  """optax's tree_map_params: factored row/column statistics stay replicated."""
+  for key in ("loss", "grad_norm"):
+    np.testing.assert_allclose(report["adafactor_sharded"][key],
+                               report["adafactor_single"][key], rtol=0, atol=1e-5, err_msg=key)
+  assert report["adafactor_factored_fully_replicated"]
+
+
 def test_params_are_sharded_as_the_rules_say(report):
   # ('embed', 'mlp') -> (None, 'model'): columns split over the 2 model shards.
   assert report["wi_0_spec"] == ["None", "model"]

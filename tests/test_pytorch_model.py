@@ -16,21 +16,18 @@ from mrt5_jax.network import Transformer  # noqa: E402
 
 import orbax.checkpoint as ocp  # noqa: E402
 
+from mrt5_jax import trees  # noqa: E402
+from tests.fixtures import as_tuple, byte_batch  # noqa: E402
+
 TOLERANCE = 1e-4
 GATED = preset("tiny", delete_gate_layer=2, use_softmax1=True)
 
 
 def batch(seed=0, length=24, target_length=10):
   """Padded byte batch: row 1 padded from 17, row 2 from 6; last target row padded from 6."""
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(3, 259, (3, length)).astype(np.int32)
-  for row, stop in ((0, length), (1, 17), (2, 6)):
-    enc[row, stop - 1] = 1
-    enc[row, stop:] = 0
-  tgt = rng.randint(3, 259, (3, target_length)).astype(np.int32)
-  tgt[2, 6:] = 0
-  dec = np.concatenate([np.zeros((3, 1), np.int32), tgt[:, :-1]], axis=1)
-  return enc, dec, tgt
+  return as_tuple(byte_batch(seed=seed, length=length, target_length=target_length,
+                             pad_from=(None, 17, 6), target_pad_from=(None, None, 6),
+                             target_eos=False))
 
 
 def init_params(config, seed=0):
@@ -237,7 +234,7 @@ def test_gate_initialisation_and_bad_requests():
 
 def test_folders_saved_by_transformers_convert_back(gated, tmp_path):
   """save_pretrained (safetensors) and a pytorch_model.bin folder both return the same params."""
-  from mrt5_jax.conversion import checkpoints
+  from mrt5_jax import checkpoints
   params, model = gated
   model.save_pretrained(str(tmp_path / "saved"))
   again = transformers.AutoModelForSeq2SeqLM.from_pretrained(str(tmp_path / "saved")).eval()
@@ -252,7 +249,7 @@ def test_folders_saved_by_transformers_convert_back(gated, tmp_path):
     convert.from_pytorch(str(tmp_path / name), str(tmp_path / f"{name}_back"))
     restored = checkpoints.read_checkpoint(str(tmp_path / f"{name}_back"))
     assert restored.config.delete_gate_layer == 2 and restored.config.use_softmax1
-    flat, back = mapping.flatten(params), mapping.flatten(restored.params)
+    flat, back = trees.flatten(params), trees.flatten(restored.params)
     assert sorted(flat) == sorted(back)
     assert all(np.array_equal(flat[path], back[path]) for path in flat)
 

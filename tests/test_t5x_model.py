@@ -33,19 +33,11 @@ THRESHOLD = -15.0
 
 
 def _batch(seed=0, batch=4, length=24, target_length=10):
-  """Byte ids with EOS and padding (rows padded from different places)."""
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(3, 259, (batch, length)).astype(np.int32)
-  tgt = rng.randint(3, 259, (batch, target_length)).astype(np.int32)
-  for row, stop in enumerate([None, 17, 9, 20][:batch]):
-    if stop is not None:
-      enc[row, stop - 1], enc[row, stop:] = 1, 0
-  tgt[:, -1] = 1
-  tgt[1, 6:], tgt[1, 5] = 0, 1
-  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {"encoder_input_tokens": jnp.asarray(enc), "decoder_input_tokens": jnp.asarray(dec_in),
-          "decoder_target_tokens": jnp.asarray(tgt),
-          "decoder_loss_weights": jnp.asarray((tgt > 0).astype(np.float32))}
+  """Byte ids with EOS and padding (rows padded from different places), as jax arrays."""
+  values = byte_batch(batch=batch, length=length, target_length=target_length, seed=seed,
+                      pad_from=(None, 17, 9, 20), target_pad_from=(None, 6, None, None))
+  values["decoder_loss_weights"] = (values["decoder_target_tokens"] > 0).astype(np.float32)
+  return {k: jnp.asarray(v) for k, v in values.items()}
 
 
 def _config(**overrides):

@@ -12,7 +12,7 @@ from mrt5_jax import controller as ctl
 from mrt5_jax import data
 from mrt5_jax import network
 from mrt5_jax.tasks import VOWELS
-from tests.trainer_helpers import diagnostic_dataset, run
+from tests.fixtures import diagnostic_dataset, train_run as run
 
 SEQ = 16
 VOWEL_SEQ = 32  # '#' + 30 letters + EOS: long enough that the constant bytes are few
@@ -42,8 +42,8 @@ def test_gate_learns_to_delete_vowels(tmp_path):
                                   split="validation")
   batch = next(data.get_dataset(validation).as_numpy_iterator())
   module = network.Transformer(config)
-  _, gate, _ = module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
-                            method=module.encode_stage_one)
+  gate = module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
+                      method=module.encode_stage_one).gate
   tokens = batch["encoder_input_tokens"]
   deleted = (np.asarray(gate) < config.deletion_threshold) & (tokens > 0)
   vowels = np.isin(tokens, [ord(c) + 3 for c in VOWELS])

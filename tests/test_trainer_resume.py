@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from tests.trainer_helpers import diagnostic_dataset, run
+from tests.fixtures import diagnostic_dataset, train_run as run
 from mrt5_jax import checkpoints
 from mrt5_jax import controller as ctl
 

@@ -2,9 +2,9 @@
 
 ``mapping``: JAX param tree <-> HF state dict (one table, NumPy only).
 ``configs``: MrT5Config <-> HF config.json, sizes inferred from params.
-``checkpoints``: read project / t5x checkpoints (params only, as NumPy).
 ``folders``: HF folders and all-or-nothing output directories.
-``convert``: ``to_pytorch`` / ``from_pytorch`` behind ``mrt5-convert``.
+``convert``: ``to_pytorch`` / ``from_pytorch`` behind ``mrt5-convert`` (checkpoints are
+read by ``mrt5_jax.checkpoints``, which reads every layout).
 
 Importing this package loads only ``mapping`` and ``configs`` (no orbax, no torch).
 """

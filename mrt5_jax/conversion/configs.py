@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from mrt5_jax.config import MrT5Config
-from mrt5_jax.conversion import mapping
+from mrt5_jax.config import SIZE_FIELDS, MrT5Config, size_of
+from mrt5_jax import trees
 
 GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "use_softmax1",
              "gate_layer_norm", "deletion_type", "random_deletion_probability",
@@ -106,7 +106,9 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
       if key != "deletion_type" and values.get(key) is not None:
         fields[key] = values[key]
   fields.update(overrides)
-  return MrT5Config(**fields)
+  if fields["deletion_type"] != "none":
+    fields.setdefault("delete_gate_layer", 3)
+  return _with_size_name(fields)
 
 
 def _shape(flat, path: tuple[str, ...]) -> tuple[int, ...]:
@@ -125,7 +127,7 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
   not in the tree: ``knobs`` (e.g. ``delete_gate_layer``) supply it and the
   other gate settings, else MrT5Config's defaults apply.
   """
-  flat = mapping.flatten(params)
+  flat = trees.flatten(params)
   vocab, d_model = _shape(flat, ("token_embedder", "embedding"))
   heads, buckets = _shape(flat, ("encoder", "relpos_bias", "rel_embedding"))
   inner = _shape(flat, ("encoder", "layers_0", "attention", "query", "kernel"))[1]
@@ -154,5 +156,13 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
                        f"{key}={fields[key]!r}")
     knobs.pop(key, None)
   fields.update({key: value for key, value in knobs.items() if value is not None})
-  return MrT5Config(**fields)
+  if fields["deletion_type"] != "none":
+    fields.setdefault("delete_gate_layer", 3)
+  return _with_size_name(fields)
+
+
+def _with_size_name(fields: dict) -> MrT5Config:
+  """``MrT5Config`` of explicit fields, naming the ByT5 size when the shapes are one."""
+  config = MrT5Config(size=None, **fields)
+  return config.replace(size=size_of(config), **{k: getattr(config, k) for k in SIZE_FIELDS})
 

@@ -8,8 +8,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mrt5_jax import checkpoints as project_checkpoints
-from mrt5_jax.conversion import checkpoints, configs, folders, mapping
+from mrt5_jax import checkpoints, trees
+from mrt5_jax.conversion import configs, folders, mapping
 
 BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenizer
 TOKENIZER_CONFIG = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 125, "eos_token": "</s>",
@@ -45,7 +45,7 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
               checkpoint.step)
   if checkpoint.config is not None:
     if gate_settings:
-      raise ValueError(f"{checkpoint_dir!r} carries {checkpoints.MODEL_CONFIG_FILE}; gate options "
+      raise ValueError(f"{checkpoint_dir!r} carries {checkpoints.CONFIG_FILE}; gate options "
                        f"{sorted(gate_settings)} apply only to checkpoints without one")
     config = checkpoint.config
   else:
@@ -78,7 +78,7 @@ def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
   logger.info("read %s (deletion_type=%s); writing step %d to %s", model_dir,
               config.deletion_type, step, output_dir)
   with folders.atomic_directory(output_dir, overwrite) as staging:
-    project_checkpoints.save_params_checkpoint(staging, params, config, step)
+    checkpoints.save_params_checkpoint(staging, params, config, step)
   return {"layout": "project", "step": step, "deletion_type": config.deletion_type,
-          "num_parameters": int(sum(v.size for v in mapping.flatten(params).values())),
+          "num_parameters": int(sum(v.size for v in trees.flatten(params).values())),
           "output": os.path.abspath(output_dir)}

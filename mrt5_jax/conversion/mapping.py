@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mrt5_jax import trees
 from mrt5_jax.config import MrT5Config
 
 ATTENTION_NAMES = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
@@ -110,29 +111,6 @@ def to_numpy(value: Any) -> np.ndarray:
   return np.asarray(value)
 
 
-def flatten(params: Mapping) -> dict[tuple[str, ...], Any]:
-  """Nested mapping (dict or FrozenDict) -> {path tuple: leaf}."""
-  flat = {}
-  for key, value in params.items():
-    if isinstance(value, Mapping):
-      for path, leaf in flatten(value).items():
-        flat[(str(key),) + path] = leaf
-    else:
-      flat[(str(key),)] = value
-  return flat
-
-
-def unflatten(flat: Mapping[tuple[str, ...], Any]) -> dict:
-  """{path tuple: leaf} -> nested plain dicts."""
-  nested: dict = {}
-  for path, leaf in flat.items():
-    node = nested
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = leaf
-  return nested
-
-
 def _check_shape(name: str, shape: tuple[int, ...], expected: tuple[int, ...], source: str):
   if tuple(shape) != tuple(expected):
     raise ValueError(f"{source} tensor {name!r} has shape {tuple(shape)}, but the model config "
@@ -146,7 +124,7 @@ def jax_to_hf_state_dict(params: Mapping, config: MrT5Config,
   Refuses (ValueError naming the parameter) a missing parameter, an extra one
   (e.g. a gate the config does not have) and a shape that does not match.
   """
-  flat = flatten(params)
+  flat = trees.flatten(params)
   table = parameter_table(config)
   known = {entry.jax_path for entry in table}
   extra = sorted("/".join(path) for path in flat if path not in known)
@@ -194,4 +172,4 @@ def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> d
     if not np.array_equal(tied, shared):
       raise ValueError(f"state-dict tensor {name!r} differs from 'shared.weight'; the network "
                        "shares one embedding between encoder and decoder")
-  return unflatten(flat)
+  return trees.unflatten(flat)

@@ -1,0 +1,116 @@
+"""What the tests share, in one place: small model configs, one byte-batch
+builder, parameter initialisation and short training runs on a diagnostic task.
+
+conftest.py turns some of these into pytest fixtures; sharding_check.py (run
+in a subprocess) imports them too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mrt5_jax import config as config_lib
+
+# Small shapes, all from the `tiny` size: `network` (4 + 2 layers, gate at
+# layer 2) for network-level tests, `trainer` (2 + 1 layers, gate at layer 1)
+# for training runs, `preset` the library's tiny size itself.
+CONFIGS = {
+    "network": dict(d_model=32, d_ff=64, num_heads=4, head_dim=8, num_encoder_layers=4,
+                    num_decoder_layers=2, delete_gate_layer=2),
+    "trainer": dict(d_model=32, d_ff=64, num_heads=2, head_dim=16, num_encoder_layers=2,
+                    num_decoder_layers=1, delete_gate_layer=1),
+    "preset": dict(),
+}
+SEQ = 24
+
+
+def model_config(kind: str = "network", **overrides) -> config_lib.MrT5Config:
+  """One of ``CONFIGS`` with fields overridden."""
+  return config_lib.MrT5Config(size="tiny", **{**CONFIGS[kind], **overrides})
+
+
+def byte_batch(batch: int = 3, length: int = 24, target_length: int = 10, seed: int = 0,
+               pad_from=(None, 17, 5), target_pad_from=None, eos: bool = True,
+               target_eos=None) -> dict:
+  """Random byte ids (3..258) as feature-converted numpy int32 arrays.
+
+  Row ``i`` of the inputs is padded from ``pad_from[i % len(pad_from)]`` on
+  (None: not padded), likewise the targets with ``target_pad_from`` (default:
+  only the last row, from the middle). With ``eos`` (``target_eos``, default
+  the same, for the targets) each unpadded run ends in EOS (1). Inputs are
+  drawn before targets, so a seed gives the same bytes whatever the padding.
+  """
+  rng = np.random.RandomState(seed)
+  enc = rng.randint(3, 259, size=(batch, length)).astype(np.int32)
+  tgt = rng.randint(3, 259, size=(batch, target_length)).astype(np.int32)
+  if target_pad_from is None:
+    target_pad_from = (None,) * (batch - 1) + (target_length // 2,)
+  target_eos = eos if target_eos is None else target_eos
+  for array, pattern, ends in ((enc, pad_from, eos), (tgt, target_pad_from, target_eos)):
+    for row in range(batch):
+      stop = pattern[row % len(pattern)]
+      if stop is not None:
+        array[row, stop:] = 0
+      if ends:
+        array[row, (stop or array.shape[1]) - 1] = 1
+  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
+  return {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": tgt}
+
+
+def small_batch(**overrides) -> dict:
+  """2 rows, 16 input / 8 target bytes, no EOS (the objective and evaluation tests)."""
+  values = dict(batch=2, length=16, target_length=8, pad_from=(None, 10),
+                target_pad_from=(6, None), eos=False)
+  values.update(overrides)
+  return byte_batch(**values)
+
+
+def as_tuple(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(encoder inputs, decoder inputs, targets): the positional arguments of the network."""
+  return (batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+          batch["decoder_target_tokens"])
+
+
+def init_params(config, batch, seed: int = 0):
+  """(module, params) of ``config`` initialised on ``batch`` (a dict or a tuple)."""
+  import jax
+  from mrt5_jax.network import Transformer
+  enc, dec_in, tgt = as_tuple(batch) if isinstance(batch, dict) else batch
+  module = Transformer(config)
+  variables = module.init({"params": jax.random.PRNGKey(seed),
+                           "deletion": jax.random.PRNGKey(1)},
+                          enc, dec_in, tgt, enable_dropout=False)
+  return module, variables["params"]
+
+
+def diagnostic_dataset(task: str = "copy", batch_size: int = 4, seed: int = 0,
+                       length: int = SEQ, split: str = "train"):
+  """A seqio stream of a diagnostic task at ``length`` bytes (gin reset first)."""
+  import gin
+  import mrt5_jax.tasks  # noqa: F401  (registers the tasks and their gin knobs)
+  from mrt5_jax import data
+  gin.clear_config()
+  gin.bind_parameter("mrt5_jax.tasks.diagnostic_config.sequence_length", length)
+  return data.DatasetConfig(mixture_or_task_name=f"mrt5.diagnostic.{task}",
+                            task_feature_lengths={"inputs": length, "targets": length},
+                            split=split, batch_size=batch_size, seed=seed,
+                            shuffle=split == "train")
+
+
+def train_run(model_dir, steps, *, dataset, config=None, controller=None, lr=3e-3, **kwargs):
+  """``trainer.train`` with small-run defaults (log every step, no TensorBoard)."""
+  from mrt5_jax import controller as ctl
+  from mrt5_jax import objective as obj
+  from mrt5_jax import optimizers
+  from mrt5_jax import trainer
+  kwargs.setdefault("log_every", 1)
+  kwargs.setdefault("checkpoint_every", 1000)
+  kwargs.setdefault("async_checkpointing", False)
+  kwargs.setdefault("tensorboard", False)
+  kwargs.setdefault("objective", obj.ObjectiveConfig())
+  return trainer.train(
+      model_dir=str(model_dir), model_config=config or model_config("trainer"),
+      train_dataset=dataset, train_steps=steps,
+      optimizer=optimizers.OptimizerConfig(learning_rate=optimizers.linear_decay(lr, max(steps, 1))),
+      controller=controller or ctl.ControllerConfig(target_deletion_rate=0.5, k_p=0.5),
+      **kwargs)
