@@ -21,7 +21,3 @@ def tiny_model(tiny_config):
   module = network.Transformer(tiny_config)
   variables = module.init(jax.random.PRNGKey(0), *as_tuple(small_batch()), enable_dropout=False)
   return module, variables
-
-
-def pytest_configure(config):
-  config.addinivalue_line("markers", "slow: minutes-long training runs (CI runs them)")
