@@ -222,12 +222,15 @@ class MultiHeadAttention(nn.Module):
         if query.shape[1] != 1:
           raise ValueError(f"cached decoding takes one position per step, got {query.shape[1]}")
         index = cache_index.value
-        key = _write_at(cached_key.value, key, index)
-        value = _write_at(cached_value.value, value, index)
+        # t5x's beam search keeps a prefilled index as (batch, beams) while it
+        # flattens the keys to (batch * beams, ...): same order as reshape(-1).
+        flat_index = index.reshape(-1) if index.ndim > 1 else index
+        key = _write_at(cached_key.value, key, flat_index)
+        value = _write_at(cached_value.value, value, flat_index)
         cached_key.value, cached_value.value = key, value
         cache_index.value = index + 1
         if bias is not None and bias.shape[-2] != 1:
-          bias = _query_row(bias, index, batch)
+          bias = _query_row(bias, flat_index, batch)
 
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:

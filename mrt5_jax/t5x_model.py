@@ -127,10 +127,19 @@ class _AgainstEncoderOutput(network_lib.Transformer):
   ``encoder_input_tokens`` as its padding mask. With hard deletion the encoder
   output is shorter than the inputs, so ``MrT5Model`` runs t5x's code with
   this module: ``encode`` returns the precomputed output, ``decode`` adds its
-  key bias (beam-expanded like t5x expands the encoding), and the compacted
-  mask stands in for the tokens.
+  key bias (beam-expanded like t5x expands the encoding), ``__call__`` (which
+  t5x runs to shape the KV cache) decodes without re-encoding, and the
+  compacted mask stands in for the tokens.
   """
   encoder_output: Any = None
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
+               *args, enable_dropout: bool = True, decode: bool = False, **kwargs):
+    """Decoder logits against the precomputed encoder output (t5x's cache set-up)."""
+    del encoder_input_tokens, args, kwargs
+    return self.decode(self.encoder_output.encoded, self.encoder_output.mask,
+                       decoder_input_tokens, decoder_target_tokens,
+                       enable_dropout=enable_dropout, decode=decode)
 
   def encode(self, encoder_input_tokens, *args, **kwargs):
     del encoder_input_tokens, args, kwargs

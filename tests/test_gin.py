@@ -85,3 +85,21 @@ def test_flag_splitting_and_string_values():
        "--gin.TRAIN_STEPS=10", "--gin.train.resume=False", "--gin_search_path=/p", "--other"])
   assert files == ["runs/local.gin", "x.gin"] and paths == ["/p"] and rest == ["--other"]
   assert bindings == ["MODEL_DIR = '/tmp/run'", "TRAIN_STEPS = 10", "train.resume = False"]
+
+
+def test_a_rebound_scale_moves_the_threshold_and_sizes_come_from_one_table():
+  gin_utils.parse(["models/mrt5_small.gin"], ["MrT5Config.sigmoid_mask_scale = -100.0"])
+  config = config_lib.MrT5Config()
+  assert config.deletion_threshold == -50.0
+  assert config.size == "small" and config.delete_gate_layer == 3
+  assert {k: getattr(config, k) for k in config_lib.SIZES["small"]} == config_lib.SIZES["small"]
+
+
+def test_run_files_bind_the_inference_config():
+  from mrt5_jax import hard_deletion
+  from mrt5_jax import trainer
+  gin_utils.parse(["runs/local.gin"], ["InferenceConfig.bucket_step = 4"])
+  bound = gin.query_parameter("train.inference").scoped_configurable_fn()
+  assert isinstance(bound, hard_deletion.InferenceConfig) and bound.bucket_step == 4
+  assert "hard_deletion_mode" not in config_lib.MrT5Config().to_dict()
+  del trainer

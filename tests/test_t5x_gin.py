@@ -44,6 +44,8 @@ shapes = jax.eval_shape(lambda rng: model.get_initial_variables(
 print(json.dumps({
     'model': type(model).__name__,
     'config': model.config.to_dict(),
+    'inference': vars(model.inference),
+    'inference_deletion': model.inference_deletion,
     'controller': vars(model.controller),
     'loss_normalizing_factor': model.objective.loss_normalizing_factor,
     'optimizer': type(model.optimizer_def).__name__,
@@ -78,6 +80,7 @@ def test_small_span_corruption_is_the_papers_continued_pretraining():
   config = run["config"]
   assert (config["d_model"], config["d_ff"], config["num_heads"], config["num_encoder_layers"],
           config["num_decoder_layers"]) == (1472, 3584, 6, 12, 4)
+  assert config["size"] == "small"
   assert config["use_softmax1"] and config["delete_gate_layer"] == 3
   assert config["sigmoid_mask_scale"] == -30.0 and config["deletion_threshold"] == -15.0
   assert run["controller"]["target_deletion_rate"] == 0.5
@@ -113,7 +116,7 @@ def test_size_files_have_byt5_sizes(size, byt5_params):
 def test_eval_infer_and_cpu_files_parse(tool, gin_file, bindings):
   run = _probe(tool, [gin_file], *bindings)
   assert run["model"] == "MrT5Model" and run["task_module"] == "mrt5_jax.tasks"
-  assert run["config"]["hard_deletion_mode"] == "capacity"
+  assert run["inference"]["mode"] == "capacity" and run["inference_deletion"] == "hard"
   assert run["task"].startswith("mrt5.span_corruption.")
 
 

@@ -26,10 +26,13 @@ from mrt5_jax import controller as controller_lib  # noqa: E402
 from mrt5_jax import network  # noqa: E402
 from mrt5_jax import objective as objective_lib  # noqa: E402
 from mrt5_jax import t5x_model  # noqa: E402
+from mrt5_jax.hard_deletion import InferenceConfig, capacity_length  # noqa: E402
+from tests.fixtures import byte_batch  # noqa: E402
 
 VOCAB = seqio.ByteVocabulary()
 CONTROLLER = controller_lib.ControllerConfig(kind="p", target_deletion_rate=0.6, k_p=0.5)
 THRESHOLD = -15.0
+INFERENCE = InferenceConfig(mode="capacity", capacity_fraction=0.75, bucket_step=4)
 
 
 def _batch(seed=0, batch=4, length=24, target_length=10):
@@ -42,14 +45,14 @@ def _batch(seed=0, batch=4, length=24, target_length=10):
 
 def _config(**overrides):
   values = dict(d_model=32, d_ff=64, num_heads=4, head_dim=8, num_encoder_layers=4,
-                num_decoder_layers=2, delete_gate_layer=2, capacity_fraction=0.75,
-                bucket_step=4)
+                num_decoder_layers=2, delete_gate_layer=2)
   values.update(overrides)
   return config_lib.preset("tiny", **values)
 
 
 def _model(config=None, **kwargs):
   kwargs.setdefault("controller", CONTROLLER)
+  kwargs.setdefault("inference", INFERENCE)
   return t5x_model.MrT5Model(
       network.Transformer(config or _config()), VOCAB, VOCAB, t5x_optimizers.adamw(1e-3),
       z_loss=1e-4, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS", **kwargs)
@@ -311,7 +314,7 @@ def test_hard_deletion_shortens_the_encoder_output():
   params = _decisive_gate(_variables(model, batch)["params"])
   out = jax.jit(model.encode)(params, batch["encoder_input_tokens"])
   length = batch["encoder_input_tokens"].shape[1]
-  assert out.encoded.shape[1] == config_lib.capacity_length(model.config, length) < length
+  assert out.encoded.shape[1] == capacity_length(INFERENCE, length) == 20 < length
   gate, real = _gate_numpy(model, params, batch)
   np.testing.assert_array_equal(np.asarray(out.mask).sum(-1),
                                 (real & (gate >= THRESHOLD)).sum(-1))
@@ -376,3 +379,37 @@ def test_t5x_byt5_params_fill_mrt5_and_give_the_same_logits():
                               batch["decoder_input_tokens"], batch["decoder_target_tokens"],
                               enable_dropout=False)
   np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), rtol=1e-4, atol=1e-4)
+
+
+def test_prompted_prediction_prefills_and_matches_t5x_without_prefill():
+  """prompt_with_targets: our decode has `prefill`, so t5x's predict prefills
+  the KV cache with the prompt; t5x's own ByT5 network has none, so t5x feeds
+  the prompt step by step. Same params, same greedy continuation."""
+  import inspect
+  from t5x import decoding as t5x_decoding
+
+  config = _config(deletion_type="none")
+  batch = dict(_batch(seed=4))
+  prompt = np.asarray(batch["decoder_input_tokens"]).copy()
+  for row, length in enumerate([2, 5, 1, 3]):
+    prompt[row, length:] = 0
+  batch["decoder_input_tokens"] = jnp.asarray(prompt)
+  byt5 = _byt5_reference(config)
+  params = byt5.init(jax.random.PRNGKey(3), batch["encoder_input_tokens"],
+                     batch["decoder_input_tokens"], batch["decoder_target_tokens"],
+                     enable_dropout=False)["params"]
+  decoder = dict(decode_fn=t5x_decoding.temperature_sample,
+                 default_decoder_params=t5x_models.DecoderParams(
+                     return_all_decodes=False, num_decodes=1))
+  ours = _model(config, inference_deletion="soft", **decoder)
+  theirs = t5x_models.EncoderDecoderModel(byt5, VOCAB, VOCAB, t5x_optimizers.adamw(1e-3),
+                                          **decoder)
+  assert "prefill" in inspect.signature(ours.module.decode).parameters
+  assert "prefill" not in inspect.signature(byt5.decode).parameters
+  greedy = {"topk": 1}
+  our_tokens, _ = jax.jit(lambda p, b: ours.predict_batch_with_aux(
+      p, b, decoder_params=dict(greedy), prompt_with_targets=True))(params, batch)
+  their_tokens, _ = theirs.predict_batch_with_aux(params, batch, decoder_params=dict(greedy),
+                                                  prompt_with_targets=True)
+  np.testing.assert_array_equal(np.asarray(our_tokens), np.asarray(their_tokens))
+  assert np.any(np.asarray(our_tokens)[prompt == 0] != 0)  # it did decode past the prompts
