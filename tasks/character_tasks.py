@@ -144,11 +144,15 @@ def split_files(task: str, split: str) -> Sequence[str]:
     source = f"gin {DIR_BINDING} = {data_dir!r}; or bind {binding}"
   patterns = (patterns,) if isinstance(patterns, (str, os.PathLike)) else tuple(
       patterns)
-  files = seqio.utils.list_files([os.fspath(p) for p in patterns])
-  if not files:
-    raise FileNotFoundError(
-        f"File {', '.join(map(str, patterns))} not found (split '{split}' of "
-        f"{task_name(task)}; {source}).")
+  files = []
+  for pattern in map(os.fspath, patterns):
+    matches = [f for f in seqio.utils.list_files(pattern)
+               if tf.io.gfile.exists(f)]
+    if not matches:
+      raise FileNotFoundError(
+          f"File {pattern} not found (split '{split}' of {task_name(task)}; "
+          f"{source}).")
+    files.extend(matches)
   return files
 
 
