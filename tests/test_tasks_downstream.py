@@ -325,3 +325,16 @@ def test_versions_are_gin_configurable(tmp_path):
   with pytest.raises(FileNotFoundError, match=r"'tydi_qa/goldp:2\.0\.0'"):
     seqio.get_mixture_or_task("mrt5.tydiqa.fi").get_dataset(QA_LENGTHS,
                                                            split="validation")
+
+
+def test_qa_train_packs_for_t5x(tfds_dir):
+  """t5x trains with packing; the extra ``answers`` feature must not get in the way."""
+  tasks.set_tfds_data_dir(tfds_dir)
+  batch = next(seqio.get_dataset(
+      "mrt5.tydiqa.train", task_feature_lengths={"inputs": 256, "targets": 64},
+      dataset_split="train", shuffle=False, num_epochs=1,
+      feature_converter=seqio.EncDecFeatureConverter(pack=True)
+  ).batch(1).as_numpy_iterator())
+  assert "answers" not in batch
+  # The first two examples (Arabic, Bengali) fit in one 256-byte row.
+  assert batch["encoder_segment_ids"].max() >= 2
