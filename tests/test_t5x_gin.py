@@ -210,3 +210,17 @@ def test_downstream_recipe_adamw_schedule_clipping_and_data_bindings():
   assert run["dropout"] == 0.1
   assert run["save_period"] == 500
   assert run["char_dir"] == "/data/char_iit_json"
+
+
+@pytest.mark.parametrize("task, lengths_fn, split, lengths", [
+    ("mrt5.xnli.zeroshot15", "xnli_feature_lengths", "test", (1024, 8)),
+    ("mrt5.tydiqa.goldp9", "qa_feature_lengths", "validation", (2048, 256)),
+    ("mrt5.xquad.zeroshot11", "qa_feature_lengths", "test", (2048, 256)),
+    ("mrt5.character.word_search", "word_search_feature_lengths", "test_oov", (128, 16)),
+])
+def test_downstream_eval_commands_of_the_file_headers_parse(task, lengths_fn, split, lengths):
+  run = _probe("eval", ["t5x/mrt5_small.gin", "t5x/mrt5_eval.gin"],
+               f"MIXTURE_OR_TASK_NAME='{task}'", f"TASK_FEATURE_LENGTHS=@tasks.{lengths_fn}()",
+               f"EVAL_SPLIT='{split}'", "CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'")
+  assert run["task"] == task
+  assert run["lengths"] == {"inputs": lengths[0], "targets": lengths[1]}
