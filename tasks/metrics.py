@@ -25,3 +25,14 @@ def log_likelihood(targets: Sequence[str], scores: Sequence[float]) -> Mapping[s
 
 
 SPAN_CORRUPTION_METRICS = (sequence_accuracy, log_likelihood)
+
+
+def accuracy(targets: Sequence[str],
+             predictions: Sequence[str]) -> Mapping[str, float]:
+  """Percentage of predicted labels equal to the target label (classification)."""
+  if len(targets) != len(predictions):
+    raise ValueError(f"{len(targets)} targets but {len(predictions)} predictions")
+  if not len(targets):
+    raise ValueError("no predictions to score")
+  matches = sum(t == p for t, p in zip(targets, predictions))
+  return {"accuracy": 100.0 * matches / len(targets)}

@@ -62,6 +62,8 @@ def check_prepared(tfds_name: str, tfds_split: str, data_dir: str,
                    prepare_hint: str, task_split: str = "") -> None:
   """Raises unless ``tfds_split`` of ``tfds_name`` is prepared in ``data_dir``.
 
+  A sliced split (``train[:80%]``) needs its whole split (``train``).
+
   Raises:
     FileNotFoundError: the dataset is not in ``data_dir``.
     ValueError: the dataset is there but lacks ``tfds_split``.
@@ -82,7 +84,7 @@ def check_prepared(tfds_name: str, tfds_split: str, data_dir: str,
         "or the gin binding mrt5_jax.tasks.tfds_data_dir.path = 'DIR'.")
   with tf.io.gfile.GFile(info_path) as f:
     splits = [s.get("name") for s in json.load(f).get("splits", [])]
-  if tfds_split not in splits:
+  if tfds_split.split("[", 1)[0] not in splits:
     raise ValueError(
         f"TFDS dataset '{tfds_name}' in '{data_dir}' has no {where}; prepared "
         f"splits: {', '.join(sorted(splits)) or 'none'}. "

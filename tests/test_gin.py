@@ -27,7 +27,9 @@ def test_expected_files_ship():
   for family in ("byt5", "mrt5"):
     for size in ("tiny", "small", "base", "large"):
       assert f"models/{family}_{size}.gin" in names
-  for run in ("pretrain", "finetune", "local", "mrt5_small_continued_pretraining"):
+  for run in ("pretrain", "finetune", "local", "mrt5_small_continued_pretraining",
+              "finetune_xnli", "finetune_tydiqa", "finetune_xquad", "finetune_spelling",
+              "finetune_word_search"):
     assert f"runs/{run}.gin" in names
 
 
@@ -63,6 +65,74 @@ def test_paper_recipe_values():
   assert gin.query_parameter("OptimizerConfig.name") == "adamw"
   assert gin.query_parameter("linear_decay.base_learning_rate") == 1e-4
   assert gin.query_parameter("linear_decay.warmup_steps") == 0
+
+
+DOWNSTREAM = [
+    # file, train task, eval task, {inputs, targets} bytes, target deletion rate
+    ("finetune_xnli", "mrt5.xnli.train", "mrt5.xnli.en", (1024, 8), 0.5),
+    ("finetune_tydiqa", "mrt5.tydiqa.train", "mrt5.tydiqa.train", (2048, 256), 0.5),
+    ("finetune_xquad", "mrt5.xquad.train", "mrt5.xquad.train", (2048, 256), 0.5),
+    ("finetune_spelling", "mrt5.character.spelling_correction_contextual",
+     "mrt5.character.spelling_correction_contextual", (64, 64), 0.5),
+    ("finetune_word_search", "mrt5.character.word_search", "mrt5.character.word_search",
+     (128, 16), 0.7),
+]
+
+
+def _datasets():
+  from mrt5_jax import data
+  with gin.config_scope("train"):
+    train = data.DatasetConfig()
+  with gin.config_scope("eval"):
+    evaluation = data.DatasetConfig()
+  return train, evaluation
+
+
+@pytest.mark.parametrize("name, task, eval_task, lengths, rate", DOWNSTREAM,
+                         ids=[d[0] for d in DOWNSTREAM])
+def test_downstream_finetune_files(name, task, eval_task, lengths, rate):
+  import seqio
+  from mrt5_jax import controller, optimizers
+  gin_utils.parse([f"runs/{name}.gin"], REQUIRED[:2])
+  train, evaluation = _datasets()
+  assert (train.mixture_or_task_name, train.split) == (task, "train")
+  assert (evaluation.mixture_or_task_name, evaluation.split) == (eval_task, "validation")
+  expected = {"inputs": lengths[0], "targets": lengths[1]}
+  assert train.task_feature_lengths == evaluation.task_feature_lengths == expected
+  assert train.batch_size == 64
+  for dataset in (train, evaluation):
+    assert dataset.split in seqio.get_mixture_or_task(dataset.mixture_or_task_name).splits
+  # The published fine-tuning defaults (Hugging Face Trainer, train.py).
+  assert gin.query_parameter("%TRAIN_STEPS") == 3000
+  optimizer = optimizers.OptimizerConfig()
+  assert (optimizer.name, optimizer.clip_grad_norm, optimizer.weight_decay) == ("adamw", 1.0, 0.0)
+  # lr 1e-4 from step 0 (no warmup), halfway at 1500, 0 at 3000.
+  lr = [float(optimizer.learning_rate(step)) for step in (0, 1500, 3000)]
+  assert lr == pytest.approx([1e-4, 5e-5, 0.0])
+  ctl = controller.ControllerConfig()
+  assert (ctl.kind, ctl.k_p, ctl.k_i, ctl.target_deletion_rate) == ("pi", 0.5, 1e-5, rate)
+  config = config_lib.MrT5Config()
+  assert config.has_gate and config.d_model == 1472  # MrT5 Small
+  assert gin.query_parameter("%INIT_CHECKPOINT") == "/tmp/ckpt"
+
+
+@pytest.mark.parametrize("name, mixture, split", [
+    ("finetune_xnli", "mrt5.xnli.zeroshot15", "test"),
+    ("finetune_tydiqa", "mrt5.tydiqa.goldp9", "validation"),
+    ("finetune_xquad", "mrt5.xquad.zeroshot11", "test"),
+    ("finetune_spelling", "mrt5.character.spelling_correction_contextual",
+     "test_context_dependent"),
+    ("finetune_word_search", "mrt5.character.word_search", "test_paraphrase_overlap"),
+])
+def test_downstream_files_evaluate_the_papers_test_sets(name, mixture, split):
+  import seqio
+  gin_utils.parse([f"runs/{name}.gin"], REQUIRED[:2] + [f"EVAL_MIXTURE_OR_TASK_NAME = '{mixture}'",
+                                         f"EVAL_SPLIT = '{split}'"])
+  _, evaluation = _datasets()
+  assert (evaluation.mixture_or_task_name, evaluation.split) == (mixture, split)
+  assert split in seqio.get_mixture_or_task(mixture).splits
+  assert gin.query_parameter("evaluate.seqio_metrics") is True
+  assert gin.query_parameter("evaluate.seqio_num_examples") is None
 
 
 @pytest.mark.parametrize("binding, name", [

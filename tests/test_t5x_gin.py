@@ -128,3 +128,102 @@ def test_finetune_file_restores_an_mrt5_checkpoint_with_a_fresh_optimizer():
   assert run["optimizer"] == "Adafactor"
   assert run["fallback_to_scratch"] is True
   assert run["assignment_map"] == [["state/param_states/.*", None], ["state/step", None]]
+
+
+# Parses a downstream fine-tuning file as t5x.train does and prints what the
+# recipe resolves to: schedule values, the optimizer chain, the data bindings.
+_DOWNSTREAM_PROBE = r"""
+import importlib, json, sys
+files, bindings = sys.argv[1].split(','), sys.argv[2:]
+sys.modules['__main__'] = importlib.import_module('t5x.train')
+import gin, jax, jax.numpy as jnp, numpy as np
+from t5x import gin_utils
+gin_utils.parse_gin_flags(['configs'], files, bindings)
+
+def value(name):
+  v = gin.query_parameter(name)
+  return v.scoped_configurable_fn() if hasattr(v, 'scoped_configurable_fn') else v
+
+import mrt5_jax.tasks as tasks
+schedule = value('%LR_SCHEDULE')
+model = value('%MODEL')
+params = {'w': jnp.ones((4,))}
+optimizer = model.optimizer_def.optax_optimizer
+state = optimizer.init(params)
+# Gradient of norm 20 -> clipped to norm 1 before AdamW.
+updates, _ = optimizer.update({'w': jnp.full((4,), 10.0)}, state, params)
+print(json.dumps({
+    'lr': [float(schedule(s)) for s in (0, 1500, 3000)],
+    'optimizer': type(model.optimizer_def).__name__,
+    'transformations': [str(t) for t in gin.query_parameter('optimizers.chain.transformations')],
+    'max_norm': gin.query_parameter('optax.clip_by_global_norm.max_norm'),
+    'first_update': [float(u) for u in updates['w']],
+    'infer_eval_lengths': dict(value('infer_eval/utils.DatasetConfig.task_feature_lengths')),
+    'dropout': float(model.config.dropout_rate),
+    'save_period': value('utils.SaveCheckpointConfig.period'),
+    'char_dir': tasks.character_data_dir(),
+}))
+"""
+
+
+def _downstream_probe(files, *bindings):
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
+  done = subprocess.run([sys.executable, "-c", _DOWNSTREAM_PROBE, ",".join(files), *bindings],
+                        cwd=REPO, capture_output=True, text=True, env=env, timeout=600,
+                        check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("name, task, lengths, rate", [
+    ("finetune_xnli", "mrt5.xnli.train", (1024, 8), 0.5),
+    ("finetune_tydiqa", "mrt5.tydiqa.train", (2048, 256), 0.5),
+    ("finetune_xquad", "mrt5.xquad.train", (2048, 256), 0.5),
+    ("finetune_spelling", "mrt5.character.spelling_correction_contextual", (64, 64), 0.5),
+    ("finetune_word_search", "mrt5.character.word_search", (128, 16), 0.7),
+])
+def test_downstream_finetune_files(name, task, lengths, rate):
+  run = _probe("train", [f"t5x/{name}.gin"], "MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'")
+  assert run["model"] == "MrT5Model" and run["task_module"] == "mrt5_jax.tasks"
+  assert run["task"] == task
+  assert run["lengths"] == {"inputs": lengths[0], "targets": lengths[1]}
+  assert (run["train_steps"], run["batch_size"]) == (3000, 64)
+  assert run["config"]["d_model"] == 1472 and run["config"]["delete_gate_layer"] == 3
+  controller = run["controller"]
+  assert (controller["kind"], controller["k_p"], controller["k_i"]) == ("pi", 0.5, 1e-5)
+  assert controller["target_deletion_rate"] == rate
+  assert run["optimizer"] == "OptaxWrapper"
+  # Fine-tuning restores params, gate and controller; optimizer and step start fresh.
+  assert run["assignment_map"] == [["state/param_states/.*", None], ["state/step", None]]
+  assert run["fallback_to_scratch"] is True
+
+
+def test_downstream_recipe_adamw_schedule_clipping_and_data_bindings():
+  run = _downstream_probe(["t5x/finetune_word_search.gin"], "MODEL_DIR='/m'",
+                          "INITIAL_CHECKPOINT_PATH='/c'",
+                          "tasks.character_data_dir.path='/data/char_iit_json'")
+  assert run["lr"] == pytest.approx([1e-4, 5e-5, 0.0])
+  assert run["max_norm"] == 1.0
+  assert [t.split(".")[-1] for t in run["transformations"]] == [
+      "clip_by_global_norm()", "adamw()"]
+  # AdamW's first step moves each weight by about lr (here 1e-4) against the
+  # gradient sign, whatever the clipped gradient's scale.
+  assert run["first_update"] == pytest.approx([-1e-4] * 4, rel=1e-3)
+  assert run["infer_eval_lengths"] == {"inputs": 128, "targets": 16}
+  assert run["dropout"] == 0.1
+  assert run["save_period"] == 500
+  assert run["char_dir"] == "/data/char_iit_json"
+
+
+@pytest.mark.parametrize("task, lengths_fn, split, lengths", [
+    ("mrt5.xnli.zeroshot15", "xnli_feature_lengths", "test", (1024, 8)),
+    ("mrt5.tydiqa.goldp9", "qa_feature_lengths", "validation", (2048, 256)),
+    ("mrt5.xquad.zeroshot11", "qa_feature_lengths", "test", (2048, 256)),
+    ("mrt5.character.word_search", "word_search_feature_lengths", "test_oov", (128, 16)),
+])
+def test_downstream_eval_commands_of_the_file_headers_parse(task, lengths_fn, split, lengths):
+  run = _probe("eval", ["t5x/mrt5_small.gin", "t5x/mrt5_eval.gin"],
+               f"MIXTURE_OR_TASK_NAME='{task}'", f"TASK_FEATURE_LENGTHS=@tasks.{lengths_fn}()",
+               f"EVAL_SPLIT='{split}'", "CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'")
+  assert run["task"] == task
+  assert run["lengths"] == {"inputs": lengths[0], "targets": lengths[1]}
