@@ -16,7 +16,7 @@ from mrt5_jax import checkpoints
 from mrt5_jax import data
 from mrt5_jax import evaluation
 from mrt5_jax.tasks import testing
-from tests.trainer_helpers import micro_config, run
+from tests.fixtures import model_config, train_run as run
 
 pytestmark = pytest.mark.slow
 STEPS = 12
@@ -39,7 +39,7 @@ def _dataset(name, split, lengths, batch_size=4):
 
 
 def _finetune_and_evaluate(tmp_path, train_task, eval_task, eval_split, lengths):
-  config = micro_config()
+  config = model_config("trainer")
   result = run(tmp_path / "run", STEPS, dataset=_dataset(train_task, "train", lengths),
                config=config, lr=3e-3, eval_dataset=_dataset(train_task, "validation", lengths,
                                                              batch_size=1),
