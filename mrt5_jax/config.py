@@ -15,7 +15,10 @@ from typing import Any, Optional
 
 import gin
 
-DELETION_TYPES = ("scaled_sigmoid", "random", "fixed", "none")
+DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "none")
+LEARNED_GATES = ("scaled_sigmoid", "log_sigmoid")
+# The published code's loader uses this threshold for the log-sigmoid gate.
+LOG_SIGMOID_THRESHOLD = -5.0
 
 # Byte ids of the fixed-deletion baseline's word separators (space, ASCII
 # punctuation, digits' neighbours and EOS), the set the published MrT5 code uses.
@@ -56,8 +59,12 @@ class MrT5Config:
   size field. Sizes follow
   ByT5 (T5.1.1: gated GELU, RMS norm, relative position bias, untied output
   projection). Gate fields follow the published MrT5 config so that converted
-  checkpoints carry the same keys. ``deletion_threshold`` None means
-  ``sigmoid_mask_scale / 2``.
+  checkpoints carry the same keys. ``deletion_type``: ``scaled_sigmoid``
+  (MrT5, G = k sigmoid(-logit)), ``log_sigmoid`` (G = log sigmoid(logit)),
+  the ``random`` and ``fixed`` baselines, or ``none`` (ByT5).
+  ``deletion_threshold`` None means ``sigmoid_mask_scale / 2`` (log-sigmoid:
+  -5, as the published loader). ``use_gumbel_noise`` adds Gumbel noise to the
+  gate logits in training (needs the ``gate_noise`` rng).
   """
 
   size: Optional[str] = "small"
@@ -80,6 +87,7 @@ class MrT5Config:
   sigmoid_mask_scale: float = -30.0
   deletion_threshold: Optional[float] = None
   gate_layer_norm: bool = True
+  use_gumbel_noise: bool = False
   use_softmax1: bool = False
   random_deletion_probability: float = 0.5
   fixed_deletion_amount: float = 0.5
@@ -97,7 +105,9 @@ class MrT5Config:
       raise ValueError(f"MrT5Config with size=None needs {missing} (or name a size: "
                        f"{sorted(SIZES)})")
     if self.deletion_threshold is None:
-      object.__setattr__(self, "deletion_threshold", self.sigmoid_mask_scale / 2.0)
+      threshold = (LOG_SIGMOID_THRESHOLD if self.deletion_type == "log_sigmoid"
+                   else self.sigmoid_mask_scale / 2.0)
+      object.__setattr__(self, "deletion_threshold", threshold)
     if self.deletion_type not in DELETION_TYPES:
       raise ValueError(
           f"deletion_type must be one of {DELETION_TYPES}, got {self.deletion_type!r}")
@@ -120,6 +130,10 @@ class MrT5Config:
     return self.deletion_type != "none"
 
   @property
+  def has_learned_gate(self) -> bool:
+    return self.deletion_type in LEARNED_GATES
+
+  @property
   def gate_layer(self) -> int:
     """The first encoder layer after the gate (the encoder's length for ByT5)."""
     return self.delete_gate_layer if self.has_gate else self.num_encoder_layers
@@ -130,7 +144,8 @@ class MrT5Config:
 
   def replace(self, **changes: Any) -> "MrT5Config":
     """A copy with ``changes``; a new size or scale re-derives the fields that follow it."""
-    if "sigmoid_mask_scale" in changes and "deletion_threshold" not in changes:
+    if (("sigmoid_mask_scale" in changes or "deletion_type" in changes)
+        and "deletion_threshold" not in changes):
       changes["deletion_threshold"] = None
     if "size" in changes:
       for name in SIZE_FIELDS:

@@ -5,6 +5,14 @@ of the paper's ``δ̂ - δ`` with δ̂ the target): too little deletion raises a
 
   P:   alpha <- max(0, alpha + k_p * e)
   PI:  p <- 0.9 p + 0.1 k_p e;  i <- i + k_i e;  alpha <- max(0, p + i)
+  bounded_pi (this project's; two-sided, with anti-windup):
+       p <- k_p e;  i <- i + k_i e unless that pushes p + i further past a bound;
+       alpha <- clip(p + i, alpha_min, alpha_max)
+
+P and PI are the published code's and stay exactly that with the defaults
+(``alpha_min = 0``, no ``alpha_max``); a negative ``alpha_min`` lets alpha pull
+the gate back (a negative weight on L_G rewards keeping positions) when the
+model deletes more than the target.
 
 The state is a dict of scalar arrays, kept by the trainer as the flax mutable
 collection ``'controller'`` (t5x: ``flax_mutables``) and checkpointed with it.
@@ -15,23 +23,24 @@ delay the loss sees alpha = 0.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Mapping, Optional
 
 import gin
 import jax
 import jax.numpy as jnp
 
 COLLECTION = "controller"
-KINDS = ("p", "pi", "constant")
+KINDS = ("p", "pi", "bounded_pi", "constant")
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ControllerConfig:
-  """kind: 'p', 'pi', or 'constant' (alpha stays at initial_alpha).
+  """kind: 'p', 'pi', 'bounded_pi', or 'constant' (alpha stays at initial_alpha).
 
   Defaults follow the published MrT5 training script (k_p 0.5, k_i 1e-5,
-  update every step).
+  update every step). ``alpha_min`` / ``alpha_max`` bound alpha (None: no
+  upper bound); every kind clips to them.
   """
   kind: str = "p"
   target_deletion_rate: float = 0.5
@@ -40,6 +49,8 @@ class ControllerConfig:
   controller_step: int = 1
   regularizer_delay: int = 0
   initial_alpha: float = 0.0
+  alpha_min: float = 0.0
+  alpha_max: Optional[float] = None
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -49,8 +60,24 @@ class ControllerConfig:
           f"target_deletion_rate must be in [0, 1], got {self.target_deletion_rate}")
     if self.controller_step < 1:
       raise ValueError(f"controller_step must be >= 1, got {self.controller_step}")
-    if self.regularizer_delay < 0 or self.initial_alpha < 0:
-      raise ValueError("regularizer_delay and initial_alpha must be >= 0")
+    if self.regularizer_delay < 0:
+      raise ValueError("regularizer_delay must be >= 0")
+    upper = float("inf") if self.alpha_max is None else self.alpha_max
+    if not self.alpha_min <= self.initial_alpha <= upper:
+      raise ValueError(f"initial_alpha={self.initial_alpha} must lie in [alpha_min="
+                       f"{self.alpha_min}, alpha_max={self.alpha_max}]")
+
+
+def _upper(config: ControllerConfig) -> float:
+  return float("inf") if config.alpha_max is None else config.alpha_max
+
+
+def _clip(value: jax.Array, config: ControllerConfig) -> jax.Array:
+  """max(alpha_min, value), then min(alpha_max, .) when there is an upper bound."""
+  value = jnp.maximum(config.alpha_min, value)
+  if config.alpha_max is not None:
+    value = jnp.minimum(config.alpha_max, value)
+  return value
 
 
 def init_state(config: ControllerConfig) -> dict[str, jax.Array]:
@@ -78,12 +105,21 @@ def update(state: Mapping[str, jax.Array], measured_rate: jax.Array,
   """Advance one training step with the measured deletion rate (scalar in [0, 1])."""
   error = jnp.asarray(config.target_deletion_rate - measured_rate, jnp.float32)
   alpha, p, i = state["alpha"], state["p"], state["i"]
+  clip = lambda value: _clip(value, config)
   if config.kind == "p":
-    new_alpha, new_p, new_i = jnp.maximum(0.0, alpha + config.k_p * error), p, i
+    new_alpha, new_p, new_i = clip(alpha + config.k_p * error), p, i
   elif config.kind == "pi":
     new_p = 0.9 * p + 0.1 * config.k_p * error
     new_i = i + config.k_i * error
-    new_alpha = jnp.maximum(0.0, new_p + new_i)
+    new_alpha = clip(new_p + new_i)
+  elif config.kind == "bounded_pi":
+    new_p = config.k_p * error
+    integrated = i + config.k_i * error
+    unclipped = new_p + integrated
+    winding_up = ((unclipped > _upper(config)) & (error > 0)) | (
+        (unclipped < config.alpha_min) & (error < 0))
+    new_i = jnp.where(winding_up, i, integrated)
+    new_alpha = clip(new_p + new_i)
   else:
     new_alpha, new_p, new_i = alpha, p, i
   apply = jnp.logical_and(is_active(state, config),

@@ -25,6 +25,27 @@ def scaled_sigmoid(logits: jax.Array, scale: float) -> jax.Array:
   return scale * jax.nn.sigmoid(-logits)
 
 
+def log_sigmoid(logits: jax.Array) -> jax.Array:
+  """G = log sigmoid(logits) (the published LogSigmoidDeleteGate), in (-inf, 0)."""
+  return jax.nn.log_sigmoid(logits)
+
+
+def gate_values(logits: jax.Array, config: MrT5Config) -> jax.Array:
+  """G from the gate logits for a learned gate (``config.deletion_type``)."""
+  if config.deletion_type == "log_sigmoid":
+    return log_sigmoid(logits)
+  return scaled_sigmoid(logits, config.sigmoid_mask_scale)
+
+
+GUMBEL_EPS = 1e-10
+
+
+def gumbel_noise(rng: jax.Array, shape) -> jax.Array:
+  """-log(-log u), u ~ U[1e-10, 1): the published ``gumbel_noise_like`` (float32)."""
+  uniform = jax.random.uniform(rng, shape, jnp.float32, minval=GUMBEL_EPS, maxval=1.0)
+  return -jnp.log(-jnp.log(uniform))
+
+
 def mask_pads(gate: jax.Array, real: jax.Array, scale: float) -> jax.Array:
   """Set G = k where ``real`` (B, L) is false."""
   return jnp.where(real > 0, gate, jnp.asarray(scale, gate.dtype))
@@ -84,10 +105,16 @@ class DeleteGate(nn.Module):
 
   @nn.compact
   def __call__(self, hidden: jax.Array, real: jax.Array,
-               tokens: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
-    """hidden (B, L, E), real (B, L) -> (G, gate logits), both (B, L) float32."""
+               tokens: Optional[jax.Array] = None,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    """hidden (B, L, E), real (B, L) -> (G, gate logits), both (B, L) float32.
+
+    With ``use_gumbel_noise`` and ``deterministic=False`` (training) Gumbel
+    noise from the ``gate_noise`` rng is added to the logits before G is
+    computed; the returned logits include it, as the published code's do.
+    """
     cfg = self.config
-    if cfg.deletion_type == "scaled_sigmoid":
+    if cfg.has_learned_gate:
       x = hidden
       if cfg.gate_layer_norm:
         x = layers.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
@@ -96,7 +123,9 @@ class DeleteGate(nn.Module):
                             kernel_init=nn.initializers.xavier_uniform(), use_bias=True,
                             bias_init=nn.initializers.ones, bias_axes=(GATE_SCORE_AXIS,),
                             dtype=jnp.float32, name="dense")(x.astype(jnp.float32))[..., 0]
-      gate = scaled_sigmoid(logits, cfg.sigmoid_mask_scale)
+      if cfg.use_gumbel_noise and not deterministic:
+        logits = logits + gumbel_noise(self.make_rng("gate_noise"), logits.shape)
+      gate = gate_values(logits, cfg)
     elif cfg.deletion_type == "random":
       gate = random_gate(self.make_rng("deletion"), real, cfg.random_deletion_probability,
                          cfg.sigmoid_mask_scale)

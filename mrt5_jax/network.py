@@ -129,7 +129,7 @@ class Encoder(nn.Module):
       x = layer(x, bias, allowed, deterministic)
     if not self.config.has_gate:
       return StageOneOutput(hidden=x, gate=None, gate_logits=None)
-    gate, gate_logits = self.delete_gate(x, tokens > 0, tokens)
+    gate, gate_logits = self.delete_gate(x, tokens > 0, tokens, deterministic=deterministic)
     return StageOneOutput(hidden=x, gate=gate, gate_logits=gate_logits)
 
   def stage_two(self, reading: StageOneOutput, tokens, segment_ids=None, *,

@@ -13,6 +13,8 @@ logged values.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any, Mapping, Optional, Union
 
 import gin
@@ -28,21 +30,36 @@ AVERAGE_PER_SEQUENCE = "AVERAGE_PER_SEQUENCE"
 SPECIAL_NORMALIZING_FACTORS = (NUM_REAL_TARGET_TOKENS, NUM_TOTAL_TARGET_TOKENS,
                                AVERAGE_PER_SEQUENCE)
 SCORE_PENALTY = "score_penalty"
+GATE_LOSSES = ("gate_mean", "clamped_logits_mean", "logits_mean", "gate_var")
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-  """Loss knobs (t5x names where t5x has them).
+  """Loss knobs (t5x names where t5x has them) and the published training options.
 
   loss_normalizing_factor: one of ``SPECIAL_NORMALIZING_FACTORS``, a positive
     constant, or None (plain sum over target tokens, as t5x).
   score_loss_coeff: weight of the attention-score regularizer (0 = off).
+  gate_loss: the regularizer L_G that alpha weighs (``GATE_LOSSES``):
+    ``gate_mean`` (mean G over real positions), ``clamped_logits_mean`` (mean
+    of the gate logits clamped below at twice the threshold), ``logits_mean``,
+    ``gate_var`` (minus the variance of G over real positions).
+  entropy_coeff_1, entropy_coeff_2: the published entropy regularizer
+    ``c1 mean_i H(G_i) - c2 H(logsumexp_i G_i - log L)`` (not weighted by alpha).
+  hard_delete_train_prob: chance that a training (micro-)batch runs with hard
+    deletion (drawn from the ``hard_delete`` rng, so a resumed run draws the
+    same), compacted to ``hard_delete_train_fraction`` of the input length.
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS
   score_loss_coeff: float = 0.0
+  gate_loss: str = "gate_mean"
+  entropy_coeff_1: float = 0.0
+  entropy_coeff_2: float = 0.0
+  hard_delete_train_prob: float = 0.0
+  hard_delete_train_fraction: float = 1.0
 
   def __post_init__(self):
     factor = self.loss_normalizing_factor
@@ -56,6 +73,14 @@ class ObjectiveConfig:
       raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
     if self.z_loss < 0 or self.score_loss_coeff < 0:
       raise ValueError("z_loss and score_loss_coeff must be >= 0")
+    if self.gate_loss not in GATE_LOSSES:
+      raise ValueError(f"gate_loss must be one of {GATE_LOSSES}, got {self.gate_loss!r}")
+    if not 0.0 <= self.hard_delete_train_prob <= 1.0:
+      raise ValueError(f"hard_delete_train_prob must be in [0, 1], got "
+                       f"{self.hard_delete_train_prob}")
+    if not 0.0 < self.hard_delete_train_fraction <= 1.0:
+      raise ValueError(f"hard_delete_train_fraction must be in (0, 1], got "
+                       f"{self.hard_delete_train_fraction}")
 
 
 # ----------------------------------------------------------------------------- cross entropy
@@ -162,6 +187,49 @@ def gate_sums(gate: jax.Array, real: jax.Array, threshold: float) -> dict[str, j
   }
 
 
+def gate_regularizer(kind: str, gate: jax.Array, logits: jax.Array, real: jax.Array,
+                     threshold: float, num_real: jax.Array) -> jax.Array:
+  """L_G of one (micro-)batch; gate, logits, real (B, L).
+
+  The mean-type losses divide their sum over real positions by ``num_real``
+  (the whole batch's count, so micro-batches add up); ``gate_var`` is minus
+  the unbiased variance of G over this batch's real positions.
+  """
+  real = real.astype(bool)
+  gate = gate.astype(jnp.float32)
+  logits = logits.astype(jnp.float32)
+  if kind == "gate_var":
+    count = jnp.sum(real).astype(jnp.float32)
+    mean = jnp.sum(jnp.where(real, gate, 0.0)) / jnp.maximum(count, 1.0)
+    squares = jnp.sum(jnp.where(real, jnp.square(gate - mean), 0.0))
+    return -squares / jnp.maximum(count - 1.0, 1.0)
+  if kind == "gate_mean":
+    values = gate
+  elif kind == "clamped_logits_mean":
+    values = jnp.maximum(logits, 2.0 * threshold)
+  elif kind == "logits_mean":
+    values = logits
+  else:
+    raise ValueError(f"gate_loss must be one of {GATE_LOSSES}, got {kind!r}")
+  return jnp.sum(jnp.where(real, values, 0.0)) / jnp.maximum(num_real, 1.0)
+
+
+def gate_entropy(gate: jax.Array) -> jax.Array:
+  """The published per-value entropy H(g) = -(e^g g + (1 - e^g) log(1 - e^g))."""
+  gexp = jnp.exp(gate)
+  tiny = jnp.finfo(gexp.dtype).eps
+  return -(gexp * gate + (1.0 - gexp) * jnp.log1p(-jnp.minimum(gexp, 1.0 - tiny)))
+
+
+def entropy_regularizer(gate: jax.Array, coeff_1: float, coeff_2: float) -> jax.Array:
+  """``c1 mean_b mean_i H(G_bi) - c2 mean_b H(logsumexp_i G_bi - log L)``; gate (B, L)
+  over every position (pads included, as the published code)."""
+  gate = gate.astype(jnp.float32)
+  per_position = jnp.mean(gate_entropy(gate), axis=1)
+  pooled = jax.nn.logsumexp(gate, axis=1) - jnp.log(jnp.float32(gate.shape[1]))
+  return coeff_1 * jnp.mean(per_position) - coeff_2 * jnp.mean(gate_entropy(pooled))
+
+
 def score_regularizer(intermediates: Any) -> jax.Array:
   """Mean of every ``score_penalty`` value the attention layers sowed (0 if none)."""
   values = []
@@ -193,6 +261,42 @@ def batch_normalizers(batch: Mapping[str, jax.Array], objective: ObjectiveConfig
           "num_real": jnp.sum(real).astype(jnp.float32)}
 
 
+def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_scores: bool,
+             deletion: str, compacted_length: Optional[int]) -> dict:
+  """The network on one batch: logits, gate values and what the loss and metrics need,
+  with shapes that do not depend on ``deletion`` (so soft and hard can share a cond)."""
+  outputs = module.apply(
+      {"params": params},
+      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
+      batch["decoder_target_tokens"],
+      encoder_segment_ids=batch.get("encoder_segment_ids"),
+      decoder_segment_ids=batch.get("decoder_segment_ids"),
+      encoder_positions=batch.get("encoder_positions"),
+      decoder_positions=batch.get("decoder_positions"),
+      enable_dropout=enable_dropout, deletion=deletion, compacted_length=compacted_length,
+      return_aux=True, stage_one=stage_one,
+      rngs=rngs, mutable=["intermediates"] if want_scores else False)
+  if want_scores:
+    (logits, aux), state = outputs
+    score_penalty = score_regularizer(state.get("intermediates", {}))
+  else:
+    logits, aux = outputs
+    score_penalty = jnp.float32(0.0)
+  return {"logits": logits, "gate": aux.gate, "gate_logits": aux.gate_logits,
+          "num_dropped": aux.num_dropped, "score_penalty": score_penalty,
+          "compacted_length": jnp.float32(aux.compacted_length),
+          "hard": jnp.float32(deletion == "hard")}
+
+
+def _hard_delete_coin(objective: ObjectiveConfig, rngs, enable_dropout: bool, deletion: str,
+                      config) -> Optional[jax.Array]:
+  """The draw that sends a training batch through hard deletion, or None (never)."""
+  if (objective.hard_delete_train_prob <= 0 or not enable_dropout or deletion != "soft"
+      or not config.has_gate or not rngs or "hard_delete" not in rngs):
+    return None
+  return jax.random.bernoulli(rngs["hard_delete"], objective.hard_delete_train_prob)
+
+
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
                  batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
@@ -209,7 +313,9 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       alpha is read from it (0 before the regularizer delay), never changed here.
     batch: feature-converted arrays (encoder_input_tokens, decoder_input_tokens,
       decoder_target_tokens, optional *_segment_ids, *_positions, decoder_loss_weights).
-    rngs: {'dropout': key, 'deletion': key} (None when nothing is random).
+    rngs: {'dropout', 'deletion', 'gate_noise', 'hard_delete': key} (None when nothing
+      is random); ``hard_delete`` draws whether this training batch runs with
+      hard deletion (``ObjectiveConfig.hard_delete_train_prob``).
     normalizers: from ``batch_normalizers`` of the whole batch (default: this batch).
     num_microbatches: divides the (mean-valued) score regularizer so micro-batches sum.
     deletion, compacted_length: 'soft' (training), or 'hard' with this static
@@ -223,24 +329,16 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   """
   if normalizers is None:
     normalizers = batch_normalizers(batch, objective)
-  want_scores = objective.score_loss_coeff > 0
-  outputs = module.apply(
-      {"params": params},
-      batch["encoder_input_tokens"], batch["decoder_input_tokens"],
-      batch["decoder_target_tokens"],
-      encoder_segment_ids=batch.get("encoder_segment_ids"),
-      decoder_segment_ids=batch.get("decoder_segment_ids"),
-      encoder_positions=batch.get("encoder_positions"),
-      decoder_positions=batch.get("decoder_positions"),
-      enable_dropout=enable_dropout, deletion=deletion, compacted_length=compacted_length,
-      return_aux=True, stage_one=stage_one,
-      rngs=rngs or {}, mutable=["intermediates"] if want_scores else False)
-  if want_scores:
-    (logits, aux), state = outputs
-    score_penalty = score_regularizer(state.get("intermediates", {}))
+  run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
+                          stage_one, objective.score_loss_coeff > 0)
+  length = batch["encoder_input_tokens"].shape[1]
+  coin = _hard_delete_coin(objective, rngs, enable_dropout, deletion, module.config)
+  if coin is None:
+    out = run(deletion, compacted_length)
   else:
-    logits, aux = outputs
-    score_penalty = jnp.float32(0.0)
+    hard_length = max(1, math.ceil(objective.hard_delete_train_fraction * length))
+    out = jax.lax.cond(coin, lambda: run("hard", hard_length), lambda: run("soft", None))
+  logits, score_penalty = out["logits"], out["score_penalty"]
 
   weights, _ = loss_weights_and_normalizer(batch, objective.loss_normalizing_factor)
   token_loss, token_z = token_cross_entropy(
@@ -252,14 +350,22 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
 
   real = real_encoder_mask(batch["encoder_input_tokens"], batch.get("encoder_segment_ids"))
   alpha = controller_lib.effective_alpha(controller_state, controller)
-  if aux.gate is not None:
+  entropy_penalty = jnp.float32(0.0)
+  if out["gate"] is not None:
     threshold = module.config.deletion_threshold
-    sums = gate_sums(aux.gate, real, threshold)
-    gate_loss = sums["gate_sum"] / jnp.maximum(normalizers["num_real"], 1.0)
+    sums = gate_sums(out["gate"], real, threshold)
+    gate_loss = gate_regularizer(objective.gate_loss, out["gate"], out["gate_logits"], real,
+                                 threshold, normalizers["num_real"])
+    if objective.gate_loss == "gate_var":
+      gate_loss = gate_loss / num_microbatches
+    if objective.entropy_coeff_1 or objective.entropy_coeff_2:
+      entropy_penalty = entropy_regularizer(out["gate"], objective.entropy_coeff_1,
+                                            objective.entropy_coeff_2) / num_microbatches
   else:
     sums = gate_sums(jnp.zeros(real.shape, jnp.float32), real, 0.0)
     gate_loss = jnp.float32(0.0)
-  loss = ce_loss + alpha * gate_loss + objective.score_loss_coeff * score_penalty / num_microbatches
+  loss = (ce_loss + alpha * gate_loss + entropy_penalty
+          + objective.score_loss_coeff * score_penalty / num_microbatches)
 
   targets = batch["decoder_target_tokens"]
   correct = (jnp.argmax(logits, axis=-1) == targets) & (targets > 0)
@@ -273,17 +379,18 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       "num_target_tokens": jnp.sum(targets > 0).astype(jnp.float32),
       "num_correct": jnp.sum(correct).astype(jnp.float32),
       "num_sequences": jnp.sum(jnp.any(real, axis=-1)).astype(jnp.float32),
-      "num_dropped": jnp.sum(aux.num_dropped).astype(jnp.float32)
-                     if aux.num_dropped is not None else jnp.float32(0.0),
-      "compacted_length": jnp.float32(aux.compacted_length),
+      "entropy_penalty": entropy_penalty,
+      "hard_deletion_steps": out["hard"],
+      "num_dropped": jnp.sum(out["num_dropped"]).astype(jnp.float32),
+      "compacted_length": out["compacted_length"],
       **sums,
   }
   return loss, metric_sums
 
 
-ADDITIVE = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty", "cross_entropy_sum",
-            "num_target_tokens", "num_correct", "num_sequences", "num_dropped", "gate_sum",
-            "num_real", "num_deleted")
+ADDITIVE = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty", "entropy_penalty",
+            "cross_entropy_sum", "num_target_tokens", "num_correct", "num_sequences",
+            "num_dropped", "gate_sum", "num_real", "num_deleted", "hard_deletion_steps")
 
 
 def merge_metric_sums(a: Mapping[str, jax.Array], b: Mapping[str, jax.Array]) -> dict:

@@ -166,6 +166,9 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
   Extra arguments (all gin-bindable):
     controller: ``ControllerConfig`` (target deletion rate, gains, delay).
     score_loss_coeff: weight of the attention-score regularizer (0 = off).
+    gate_loss, entropy_coeff_1, entropy_coeff_2, hard_delete_train_prob,
+      hard_delete_train_fraction: the published training options, as
+      ``objective.ObjectiveConfig`` documents them.
     inference_deletion: 'hard' (default; capacity-mode compaction) or 'soft',
       used by ``score_batch`` and ``predict_batch_with_aux``.
     inference: ``InferenceConfig``; its ``capacity_fraction`` and buckets set
@@ -192,6 +195,11 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
       *,
       controller: Optional[controller_lib.ControllerConfig] = None,
       score_loss_coeff: float = 0.0,
+      gate_loss: str = "gate_mean",
+      entropy_coeff_1: float = 0.0,
+      entropy_coeff_2: float = 0.0,
+      hard_delete_train_prob: float = 0.0,
+      hard_delete_train_fraction: float = 1.0,
       inference_deletion: str = "hard",
       inference: Optional[InferenceConfig] = None,
       num_microbatches: Optional[int] = None,
@@ -219,7 +227,10 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     self.objective = objective_lib.ObjectiveConfig(
         z_loss=z_loss, label_smoothing=label_smoothing,
         loss_normalizing_factor=_normalizing_factor_name(loss_normalizing_factor),
-        score_loss_coeff=score_loss_coeff)
+        score_loss_coeff=score_loss_coeff, gate_loss=gate_loss,
+        entropy_coeff_1=entropy_coeff_1, entropy_coeff_2=entropy_coeff_2,
+        hard_delete_train_prob=hard_delete_train_prob,
+        hard_delete_train_fraction=hard_delete_train_fraction)
     self.controller = controller or controller_lib.ControllerConfig()
     self.inference_deletion = inference_deletion
     self.inference = inference or InferenceConfig(mode="capacity")
@@ -247,10 +258,13 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
             MICROBATCH_COLLECTION: train_step.initial_counts()}
 
   def _rngs(self, rng: Optional[jax.Array], dropout: bool) -> Optional[dict]:
-    """Flax rngs: dropout when training; the random-deletion baseline's stream."""
+    """Flax rngs: when training, dropout, the gate's Gumbel noise and the
+    hard-deletion draw; the random-deletion baseline's stream always."""
     rngs = {}
     if dropout and rng is not None:
       rngs["dropout"] = rng
+      rngs["gate_noise"] = jax.random.fold_in(rng, 2)
+      rngs["hard_delete"] = jax.random.fold_in(rng, 3)
     if self.config.deletion_type == "random":
       base = rng if rng is not None else jax.random.PRNGKey(_FIXED_DELETION_RNG)
       rngs["deletion"] = jax.random.fold_in(base, 1)
@@ -318,6 +332,11 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     metrics = {}
     for name, metric in train_step.step_metrics(sums, alpha).items():
       if name == "score_penalty" and self.objective.score_loss_coeff == 0:
+        continue
+      if name == "entropy_penalty" and not (self.objective.entropy_coeff_1
+                                             or self.objective.entropy_coeff_2):
+        continue
+      if name == "hard_deletion_batches" and self.objective.hard_delete_train_prob == 0:
         continue
       metrics[T5X_METRIC_NAMES.get(name, f"deletion/{name}")] = clu_metric(metric)
     encoder_tokens = batch["encoder_input_tokens"]

@@ -74,6 +74,15 @@ def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> t
   return merged, kept_fresh
 
 
+RNG_STREAMS = ("dropout", "deletion", "gate_noise", "hard_delete")
+
+
+def training_rngs(rng: jax.Array) -> dict[str, jax.Array]:
+  """The flax rng streams of one training (micro-)batch, all derived from ``rng``
+  (itself from the seed and the step, so a resumed run draws the same)."""
+  return dict(zip(RNG_STREAMS, jax.random.split(rng, len(RNG_STREAMS))))
+
+
 def _split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
   """(B, ...) -> (num, B/num, ...); micro-batch m takes rows m, m+num, ... (spread over shards)."""
   def split(x):
@@ -181,10 +190,8 @@ class Trainer:
     normalizers = train_step.loss_normalizers(batch, self.objective, whole_batch=batch)
 
     def loss(params, micro, micro_rng):
-      dropout_rng, deletion_rng = jax.random.split(micro_rng)
       return objective_lib.compute_loss(
-          self.module, params, controller_state, micro,
-          {"dropout": dropout_rng, "deletion": deletion_rng},
+          self.module, params, controller_state, micro, training_rngs(micro_rng),
           objective=self.objective, controller=self.controller,
           enable_dropout=self.enable_dropout, normalizers=normalizers,
           num_microbatches=num_micro)

@@ -37,6 +37,22 @@ def test_train_cli_runs_the_demo_and_reports(trained):
   assert "eval (hard deletion)" in stdout
 
 
+def test_rerunning_a_finished_run_reports_its_summary_again(trained):
+  model_dir, stdout = trained
+  out = _run("mrt5_jax.cli.train", "--gin_file=runs/local.gin", "--gin.TRAIN_STEPS=20",
+             f"--gin.MODEL_DIR={model_dir}", "--gin.train.eval_every=20",
+             "--gin.train.eval_steps=1", "--gin.BATCH_SIZE=8")
+  assert out.returncode == 0, out.stderr[-3000:]
+  first = {line.split(",")[0] for line in stdout.splitlines() if line.startswith("final train")}
+  again = {line.split(",")[0] for line in out.stdout.splitlines()
+           if line.startswith("final train")}
+  assert first and first == again
+  for line in ("deletion rate", "eval (soft deletion)", "eval (hard deletion)",
+               "most deleted input bytes"):
+    assert line in out.stdout, out.stdout
+  assert "step 1/20" not in out.stdout
+
+
 def test_eval_cli_reads_the_trained_dir(trained):
   model_dir, _ = trained
   out = _run("mrt5_jax.cli.evaluate", "--gin_file=runs/local.gin", f"--gin.MODEL_DIR={model_dir}",

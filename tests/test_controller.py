@@ -62,3 +62,54 @@ def test_bad_config_is_rejected():
     ctl.ControllerConfig(kind="pid")
   with pytest.raises(ValueError, match="target_deletion_rate"):
     ctl.ControllerConfig(target_deletion_rate=1.5)
+
+
+def test_published_kinds_are_unchanged_by_the_default_bounds():
+  for kind in ("p", "pi"):
+    config = ctl.ControllerConfig(kind=kind, target_deletion_rate=0.3, k_p=0.7, k_i=0.2)
+    alphas, _ = _run(config, [0.9, 0.95, 0.1, 0.5, 0.99])
+    assert min(alphas) >= 0.0
+
+
+def test_p_controller_with_a_negative_floor_pulls_back():
+  config = ctl.ControllerConfig(kind="p", target_deletion_rate=0.5, k_p=0.5, alpha_min=-0.1,
+                                alpha_max=0.3)
+  alphas, state = _run(config, [1.0, 1.0, 1.0, 0.0, 0.0])
+  # 0 -> -0.25 clipped to -0.1 -> -0.1 -> -0.1 -> 0.15 -> (0.4 clipped) 0.3
+  np.testing.assert_allclose(alphas, [0.0, -0.1, -0.1, -0.1, 0.15], atol=1e-7)
+  np.testing.assert_allclose(float(state["alpha"]), 0.3, atol=1e-7)
+
+
+def _bounded_pi_reference(rates, target, k_p, k_i, low, high):
+  """Hand-written PI with clamping and conditional integration (NumPy floats)."""
+  alpha, i, alphas = 0.0, 0.0, []
+  for rate in rates:
+    alphas.append(alpha)
+    e = target - rate
+    p = k_p * e
+    candidate = i + k_i * e
+    u = p + candidate
+    if not ((u > high and e > 0) or (u < low and e < 0)):
+      i = candidate
+    alpha = min(high, max(low, p + i))
+  return alphas, alpha, i
+
+
+def test_bounded_pi_matches_a_hand_written_reference_with_anti_windup():
+  rates = [0.0, 0.0, 0.0, 0.0, 0.9, 0.9, 0.9, 0.5, 0.2, 1.0, 1.0, 1.0, 1.0, 0.45]
+  config = ctl.ControllerConfig(kind="bounded_pi", target_deletion_rate=0.5, k_p=0.4, k_i=0.3,
+                                alpha_min=-0.2, alpha_max=0.5)
+  alphas, state = _run(config, rates)
+  expected, alpha, i = _bounded_pi_reference(rates, 0.5, 0.4, 0.3, -0.2, 0.5)
+  np.testing.assert_allclose(alphas, expected, atol=1e-6)
+  np.testing.assert_allclose(float(state["alpha"]), alpha, atol=1e-6)
+  np.testing.assert_allclose(float(state["i"]), i, atol=1e-6)
+  # the integral never winds up beyond what the bound needs
+  assert max(abs(a) for a in alphas) <= 0.5 + 1e-6 and float(state["i"]) <= 0.5 + 1e-6
+
+
+def test_bounds_are_checked():
+  with pytest.raises(ValueError, match="initial_alpha"):
+    ctl.ControllerConfig(alpha_min=0.1)
+  with pytest.raises(ValueError, match="kind"):
+    ctl.ControllerConfig(kind="pid")

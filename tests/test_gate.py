@@ -80,3 +80,46 @@ def test_random_gate_rate_and_pads():
   rate = float(gate_lib.deletion_rate(jnp.sum(deleted), jnp.sum(real)))
   assert abs(rate - 0.3) < 0.03
   assert np.all(np.asarray(gate)[:, 400:] == -30.0)
+
+
+def test_log_sigmoid_gate_and_its_threshold():
+  cfg = tiny_config(deletion_type="log_sigmoid")
+  assert cfg.deletion_threshold == -5.0 and cfg.has_learned_gate
+  rng = np.random.RandomState(1)
+  hidden = rng.randn(2, 6, cfg.d_model).astype(np.float32)
+  real = np.array([[1] * 6, [1, 1, 1, 1, 0, 0]])
+  module = gate_lib.DeleteGate(cfg)
+  params = module.init(jax.random.PRNGKey(0), hidden, real)["params"]
+  gate, logits = module.apply({"params": params}, hidden, real)
+  scale = np.asarray(params["layer_norm"]["scale"])
+  kernel, bias = np.asarray(params["dense"]["kernel"]), np.asarray(params["dense"]["bias"])
+  normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6) * scale
+  raw = normed @ kernel[:, 0] + bias[0]
+  expected = np.where(real > 0, -np.log1p(np.exp(-raw)), cfg.sigmoid_mask_scale)
+  np.testing.assert_allclose(np.asarray(gate), expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(logits), raw, rtol=1e-5, atol=1e-5)
+
+
+def test_gumbel_noise_is_the_published_formula_and_only_in_training():
+  rng = jax.random.PRNGKey(4)
+  noise = np.asarray(gate_lib.gumbel_noise(rng, (4000,)))
+  uniform = np.asarray(jax.random.uniform(rng, (4000,), jnp.float32, minval=1e-10, maxval=1.0),
+                       np.float64)
+  np.testing.assert_allclose(noise, -np.log(-np.log(uniform)), rtol=1e-5, atol=1e-5)
+  assert abs(noise.mean() - np.euler_gamma) < 0.06 and abs(noise.var() - np.pi**2 / 6) < 0.15
+  cfg = tiny_config(use_gumbel_noise=True)
+  hidden = np.random.RandomState(0).randn(2, 5, cfg.d_model).astype(np.float32)
+  real = np.ones((2, 5))
+  module = gate_lib.DeleteGate(cfg)
+  variables = module.init(jax.random.PRNGKey(0), hidden, real)
+  clean, clean_logits = module.apply(variables, hidden, real)
+  noisy, noisy_logits = module.apply(variables, hidden, real, deterministic=False,
+                                     rngs={"gate_noise": rng})
+  noise = np.asarray(noisy_logits) - np.asarray(clean_logits)
+  assert np.all(noise != 0) and len(np.unique(noise)) == noise.size
+  again = module.apply(variables, hidden, real, deterministic=False, rngs={"gate_noise": rng})[1]
+  np.testing.assert_array_equal(np.asarray(again), np.asarray(noisy_logits))
+  assert np.all(np.asarray(module.apply(variables, hidden, real, rngs={"gate_noise": rng})[1])
+                == np.asarray(clean_logits))
+  np.testing.assert_allclose(np.asarray(noisy),
+                             -30.0 / (1 + np.exp(np.asarray(noisy_logits))), rtol=1e-5)

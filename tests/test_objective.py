@@ -175,3 +175,71 @@ def test_all_pad_batch_is_finite(tiny_model):
   metrics = train_step.finalize(train_step.step_metrics(sums, jnp.float32(1.0)))
   assert float(metrics["deletion_rate"]) == 0.0
   assert all(np.isfinite(float(v)) for k, v in metrics.items() if k not in ("gate_min", "gate_max"))
+
+
+GATE = np.array([[-1.0, -20.0, -29.0, -30.0], [-16.0, -14.0, -30.0, -30.0]], np.float32)
+LOGITS = np.array([[-3.0, 2.0, -45.0, 0.5], [1.5, -31.0, 9.0, -2.0]], np.float32)
+REAL = np.array([[1, 1, 1, 0], [1, 1, 0, 0]], bool)
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("gate_mean", GATE[REAL].mean()),
+    ("clamped_logits_mean", np.maximum(LOGITS[REAL], -30.0).mean()),
+    ("logits_mean", LOGITS[REAL].mean()),
+    ("gate_var", -np.var(GATE[REAL], ddof=1)),
+])
+def test_gate_loss_variants_match_numpy(kind, expected):
+  value = obj.gate_regularizer(kind, jnp.asarray(GATE), jnp.asarray(LOGITS), jnp.asarray(REAL),
+                               -15.0, jnp.float32(REAL.sum()))
+  np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="gate_loss"):
+    obj.ObjectiveConfig(gate_loss="gate_median")
+
+
+def test_entropy_regularizer_matches_the_published_formula():
+  gate = np.array([[-0.1, -2.0, -0.7, -30.0], [-5.0, -0.01, -1.5, -0.3]], np.float64)
+
+  def entropy(g):
+    e = np.exp(g)
+    return -(e * g + (1 - e) * np.log1p(-np.minimum(e, 1 - np.finfo(np.float32).eps)))
+
+  pooled = np.log(np.exp(gate).sum(1)) - np.log(gate.shape[1])
+  expected = 0.3 * entropy(gate).mean(1).mean() - 0.7 * entropy(pooled).mean()
+  value = obj.entropy_regularizer(jnp.asarray(gate, jnp.float32), 0.3, 0.7)
+  np.testing.assert_allclose(float(value), expected, rtol=1e-5)
+
+
+def test_hard_delete_training_draws_per_batch_and_follows_its_probability(tiny_model):
+  module, variables = tiny_model
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
+  cc = ctl.ControllerConfig(initial_alpha=0.2)
+  state = ctl.init_state(cc)
+
+  def run(prob, rng, **kwargs):
+    oc = obj.ObjectiveConfig(hard_delete_train_prob=prob)
+    rngs = {"dropout": rng, "hard_delete": rng}
+    return obj.compute_loss(module, variables["params"], state, batch, rngs, objective=oc,
+                            controller=cc, **kwargs)
+
+  rng = jax.random.PRNGKey(0)
+  soft_loss, soft = obj.compute_loss(module, variables["params"], state, batch, None,
+                                     objective=obj.ObjectiveConfig(), controller=cc,
+                                     enable_dropout=False)
+  hard_loss, hard = obj.compute_loss(module, variables["params"], state, batch, None,
+                                     objective=obj.ObjectiveConfig(), controller=cc,
+                                     enable_dropout=False, deletion="hard")
+  assert float(soft["cross_entropy_sum"]) != float(hard["cross_entropy_sum"])
+  always, sums = run(1.0, rng)
+  assert float(always) == pytest.approx(float(hard_loss), rel=1e-6)
+  assert float(sums["hard_deletion_steps"]) == 1.0
+  never, sums = run(0.0, rng)
+  assert float(never) == pytest.approx(float(soft_loss), rel=1e-6)
+  assert float(sums["hard_deletion_steps"]) == 0.0
+  assert float(run(1.0, rng, enable_dropout=False)[0]) == pytest.approx(float(soft_loss))
+  draws = jax.jit(lambda r: run(0.3, r)[1]["hard_deletion_steps"])
+  keys = jax.random.split(jax.random.PRNGKey(1), 200)
+  flips = np.array([float(draws(k)) for k in keys[:60]])
+  assert 0.1 < flips.mean() < 0.55
+  np.testing.assert_array_equal(flips[:10], [float(draws(k)) for k in keys[:10]])
+  expected = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(k, 0.3))(keys[:60]))
+  np.testing.assert_array_equal(flips, expected.astype(np.float32))

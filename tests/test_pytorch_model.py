@@ -132,6 +132,25 @@ def test_gated_logits_match_jax(gated, deletion):
                              atol=TOLERANCE, rtol=0)
 
 
+@pytest.mark.parametrize("deletion", ["soft", "hard"])
+def test_log_sigmoid_gate_converts_and_matches_jax(tmp_path, deletion):
+  """The published LogSigmoidDeleteGate: G = log sigmoid(logit), threshold -5."""
+  config = GATED.replace(deletion_type="log_sigmoid")
+  params = init_params(config, seed=1)
+  params["encoder"]["delete_gate"]["dense"]["bias"] = np.full((1,), -5.0, np.float32)
+  model = transformers.AutoModelForSeq2SeqLM.from_pretrained(
+      convert_to_folder(tmp_path, "log", params, config)).eval()
+  assert model.config.deletion_type == "log_sigmoid" and model.config.deletion_threshold == -5.0
+  enc, dec, tgt = batch()
+  logits, aux = jax_forward(config, params, enc, dec, tgt, deletion)
+  real = enc > 0
+  assert 0.2 < (aux.gate < -5.0)[real].mean() < 0.8
+  with torch.no_grad():
+    out = model(**torch_inputs(enc, dec), hard_delete=deletion == "hard")
+  valid = tgt > 0
+  np.testing.assert_allclose(out.logits.numpy()[valid], logits[valid], atol=TOLERANCE, rtol=0)
+
+
 def test_keep_rule_and_compaction_match_jax():
   """At least one real position per row (the best G, first on ties); kept order preserved."""
   from mrt5_jax import compaction

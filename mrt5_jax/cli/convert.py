@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Optional, Sequence
 
+from mrt5_jax.config import DELETION_TYPES
+
 
 def _bool(text: str) -> bool:
   if text.lower() in ("1", "true", "yes"):
@@ -44,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
   gate.add_argument("--sigmoid_mask_scale", type=float, default=None, help="k (default -30)")
   gate.add_argument("--deletion_threshold", type=float, default=None, help="default k/2")
   gate.add_argument("--use_softmax1", type=_bool, default=None, help="true/false (default false)")
-  gate.add_argument("--deletion_type", choices=("scaled_sigmoid", "random", "fixed", "none"),
+  gate.add_argument("--deletion_type", choices=DELETION_TYPES,
                     default=None, help="default: scaled_sigmoid if the tree has a gate, else none")
 
   from_pt = commands.add_parser("from-pytorch", help="HF folder -> project checkpoint")

@@ -11,12 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from mrt5_jax.config import SIZE_FIELDS, MrT5Config, size_of
+from mrt5_jax.config import DELETION_TYPES, SIZE_FIELDS, MrT5Config, size_of
 from mrt5_jax import trees
 
 GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "use_softmax1",
              "gate_layer_norm", "deletion_type", "random_deletion_probability",
-             "fixed_deletion_amount")
+             "fixed_deletion_amount", "use_gumbel_noise")
 HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
@@ -98,9 +98,9 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
     fields["deletion_type"] = "none"
   else:
     deletion_type = values.get("deletion_type") or "scaled_sigmoid"
-    if deletion_type not in ("scaled_sigmoid", "random", "fixed", "none"):
+    if deletion_type not in DELETION_TYPES:
       raise ValueError(f"config.json has deletion_type={deletion_type!r}; supported: "
-                       "scaled_sigmoid, random, fixed, none")
+                       f"{', '.join(DELETION_TYPES)}")
     fields["deletion_type"] = deletion_type
     for key in GATE_KEYS:
       if key != "deletion_type" and values.get(key) is not None:
@@ -146,7 +146,8 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
                 head_dim=inner // heads, num_encoder_layers=count("encoder"),
                 num_decoder_layers=count("decoder"), relative_attention_num_buckets=buckets)
   if has_gate:
-    fields["deletion_type"] = "scaled_sigmoid"
+    fields["deletion_type"] = ("log_sigmoid" if knobs.get("deletion_type") == "log_sigmoid"
+                               else "scaled_sigmoid")
     fields["gate_layer_norm"] = ("encoder", "delete_gate", "layer_norm", "scale") in flat
   else:
     fields["deletion_type"] = knobs.pop("deletion_type", None) or "none"

@@ -79,7 +79,7 @@ def parameter_table(config: MrT5Config) -> list[Entry]:
     norm(layer + ("pre_mlp_layer_norm",), f"{hf}.1.layer_norm.weight")
     mlp(layer, f"{hf}.1")
   norm(("encoder", "encoder_norm"), "encoder.final_layer_norm.weight")
-  if cfg.deletion_type == "scaled_sigmoid":
+  if cfg.has_learned_gate:
     gate, hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
     if cfg.gate_layer_norm:
       norm(gate + ("layer_norm",), f"{hf}.layer_norm.weight")

@@ -9,7 +9,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
 
-DELETION_TYPES = ("scaled_sigmoid", "random", "fixed", "none")
+DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "none")
+LOG_SIGMOID_THRESHOLD = -5.0
 
 
 @strict
@@ -18,10 +19,11 @@ class MrT5Config(T5Config):
 
   Gate keys: ``delete_gate_layer`` (0-based encoder layer whose input the gate
   reads), ``sigmoid_mask_scale`` k (< 0; G lies in (k, 0)),
-  ``deletion_threshold`` (None -> k / 2; hard deletion keeps G > threshold),
-  ``gate_layer_norm``, ``use_softmax1`` (every attention layer),
-  ``deletion_type`` (scaled_sigmoid, random, fixed; "none" for a gate-less
-  model that needs softmax1, which plain T5 lacks),
+  ``deletion_threshold`` (None -> k / 2, or -5 for log_sigmoid; hard deletion
+  keeps G > threshold), ``gate_layer_norm``, ``use_softmax1`` (every
+  attention layer), ``use_gumbel_noise`` (training only),
+  ``deletion_type`` (scaled_sigmoid, log_sigmoid, random, fixed; "none" for a
+  gate-less model that needs softmax1, which plain T5 lacks),
   ``random_deletion_probability``, ``fixed_deletion_amount``.
   """
 
@@ -36,6 +38,7 @@ class MrT5Config(T5Config):
   deletion_threshold: float | int | None = None
   use_softmax1: bool = False
   gate_layer_norm: bool = True
+  use_gumbel_noise: bool = False
   deletion_type: str = "scaled_sigmoid"
   random_deletion_probability: float | int = 0.5
   fixed_deletion_amount: float | int = 0.5
@@ -43,7 +46,8 @@ class MrT5Config(T5Config):
   def __post_init__(self, **kwargs):
     kwargs.pop("tie_word_embeddings", None)
     if self.deletion_threshold is None:
-      self.deletion_threshold = self.sigmoid_mask_scale / 2.0
+      self.deletion_threshold = (LOG_SIGMOID_THRESHOLD if self.deletion_type == "log_sigmoid"
+                                 else self.sigmoid_mask_scale / 2.0)
     super().__post_init__(**kwargs)
     # T5Config ties shared/encoder/decoder embeddings through this flag; MrT5
     # keeps lm_head separate (see MrT5ForConditionalGeneration) and never

@@ -31,7 +31,7 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.models.t5.modeling_t5 import (T5Attention, T5ForConditionalGeneration,
                                                 T5LayerNorm, T5Stack)
 
-from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS
+from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS, LEARNED_GATES
 from mrt5_jax.pytorch.configuration import MrT5Config
 
 ATTENTION_IMPLEMENTATION = "mrt5"
@@ -133,7 +133,7 @@ class DeleteGateDense(nn.Linear):
 class MrT5DeleteGate(nn.Module):
   """Scores each position of the hidden state entering its block.
 
-  Params (scaled_sigmoid): ``layer_norm.weight`` (optional) and
+  Params (scaled_sigmoid, log_sigmoid): ``layer_norm.weight`` (optional) and
   ``feed_forward.weight`` (1, d_model) / ``.bias`` (1,). The random and fixed
   baselines have no params.
   """
@@ -141,7 +141,7 @@ class MrT5DeleteGate(nn.Module):
   def __init__(self, config: MrT5Config):
     super().__init__()
     self.config = config
-    if config.deletion_type == "scaled_sigmoid":
+    if config.deletion_type in LEARNED_GATES:
       if config.gate_layer_norm:
         self.layer_norm = T5LayerNorm(config.d_model, eps=config.layer_norm_epsilon)
       self.feed_forward = DeleteGateDense(config.d_model, 1)
@@ -151,11 +151,17 @@ class MrT5DeleteGate(nn.Module):
     """hidden (B, L, E), real (B, L) bool -> (G, logits), both (B, L) float32."""
     cfg = self.config
     scale = float(cfg.sigmoid_mask_scale)
-    if cfg.deletion_type == "scaled_sigmoid":
+    if cfg.deletion_type in LEARNED_GATES:
       x = self.layer_norm(hidden) if cfg.gate_layer_norm else hidden
       logits = nn.functional.linear(x.float(), self.feed_forward.weight.float(),
                                     self.feed_forward.bias.float())[..., 0]
-      gate = scale * torch.sigmoid(-logits)
+      if self.training and cfg.use_gumbel_noise:
+        uniform = torch.empty_like(logits).uniform_(1e-10, 1 - 1e-10)
+        logits = logits - torch.log(-torch.log(uniform))
+      if cfg.deletion_type == "log_sigmoid":
+        gate = nn.functional.logsigmoid(logits)
+      else:
+        gate = scale * torch.sigmoid(-logits)
     elif cfg.deletion_type == "random":
       deleted = torch.rand(real.shape, device=real.device) < cfg.random_deletion_probability
       gate = logits = torch.where(deleted, scale, 0.0)
