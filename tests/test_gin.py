@@ -48,6 +48,8 @@ def test_run_files_parse(path):
   files = [os.path.relpath(path, CONFIGS)]
   if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
     files.insert(0, "models/mrt5_small.gin")
+  if os.path.basename(path).startswith("deletion_"):  # recipe fragments go after a run file
+    files.insert(0, "runs/local.gin")
   gin_utils.parse(files, REQUIRED)
   assert gin.query_parameter("train.train_steps") is not None
   config_lib.MrT5Config()  # the model bindings make a valid config
@@ -173,3 +175,22 @@ def test_run_files_bind_the_inference_config():
   assert isinstance(bound, hard_deletion.InferenceConfig) and bound.bucket_step == 4
   assert "hard_deletion_mode" not in config_lib.MrT5Config().to_dict()
   del trainer
+
+
+def test_deletion_recipes_shipped_and_published():
+  from mrt5_jax import controller as ctl
+  from mrt5_jax import objective as obj
+  gin_utils.parse(["runs/local.gin"])
+  shipped = ctl.ControllerConfig(), obj.ObjectiveConfig()
+  assert shipped[0].kind == "bounded_pi" and shipped[0].alpha_min < 0
+  assert shipped[1].hard_delete_train_prob == 0.5
+  gin.clear_config()
+  gin_utils.parse(["runs/local.gin", "runs/deletion_published.gin"])
+  published = ctl.ControllerConfig(), obj.ObjectiveConfig()
+  assert (published[0].kind, published[0].k_p, published[0].k_i) == ("pi", 0.5, 1e-5)
+  assert published[0].alpha_min == 0.0 and published[0].alpha_max is None
+  assert published[1].hard_delete_train_prob == 0.0 and published[1].gate_loss == "gate_mean"
+  gin.clear_config()
+  gin_utils.parse(["runs/mrt5_small_continued_pretraining.gin"],
+                  ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/c'"])
+  assert ctl.ControllerConfig().kind == "pi"  # the paper's exact recipe
