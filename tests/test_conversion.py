@@ -188,7 +188,7 @@ def test_from_hf_config_refuses_unsupported():
                           (dict(tie_word_embeddings=True), "tie_word_embeddings"),
                           (dict(scale_decoder_outputs=True), "scale_decoder_outputs"),
                           (dict(model_type="bart"), "model_type"),
-                          (dict(model_type="mrt5", deletion_type="log_sigmoid"), "log_sigmoid")):
+                          (dict(model_type="mrt5", deletion_type="tanh"), "tanh")):
     with pytest.raises(ValueError, match=message):
       configs.from_hf_config({**hf, **change})
 
