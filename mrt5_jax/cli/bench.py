@@ -1,10 +1,19 @@
-"""``mrt5-bench``: speed measurements.
+"""``mrt5-bench``: speed and memory measurements.
 
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
                        [--rates 0.25,0.5,0.75] [--repeats 3] [--output results.json]
+  mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
+                       [--batch 1] [--scan_layers] [--attention dense|blocked] [--output F]
+  mrt5-bench attention [--config cpu|small|base] [--lengths 1024,2048,4096,8192]
+                       [--batch 1] [--block_size 512] [--repeats 3] [--output F]
 
+``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates;
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
-the 2-core-CPU model otherwise.
+the 2-core-CPU model otherwise. ``memory``: peak memory of one train step
+(XLA's memory analysis of the compiled step, never run) per input length and
+remat policy. ``attention``: dense against blocked encoder attention per
+length, encoder time and peak memory side by side; ``--config auto`` picks
+``base`` on a GPU/TPU and a narrow 4-layer model on a CPU.
 """
 from __future__ import annotations
 
@@ -14,6 +23,8 @@ import sys
 import jax
 
 from mrt5_jax import benchmarking
+from mrt5_jax import memory_benchmarking
+from mrt5_jax.config import REMAT_POLICIES, SIZES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +39,61 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--rates", default="0.25,0.5,0.75")
   inference.add_argument("--repeats", type=int, default=3)
   inference.add_argument("--output", default=None, help="write the results as JSON here")
+
+  memory = sub.add_parser("memory", help="peak memory of one train step, with and without remat")
+  memory.add_argument("--size", default="base", choices=sorted(SIZES))
+  memory.add_argument("--lengths", default="1024,2048")
+  memory.add_argument("--policies", default="none,minimal,full",
+                      help=f"comma-separated remat policies from {REMAT_POLICIES}")
+  memory.add_argument("--batch", type=int, default=1, help="examples per device")
+  memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  memory.add_argument("--scan_layers", action="store_true", help="scanned layers")
+  memory.add_argument("--attention", default="dense", choices=["dense", "blocked"])
+  memory.add_argument("--output", default=None, help="write the results as JSON here")
+
+  attention = sub.add_parser("attention", help="dense vs blocked encoder attention per length")
+  attention.add_argument("--config", default="auto", choices=["auto", "cpu", "small", "base"])
+  attention.add_argument("--lengths", default="1024,2048,4096,8192")
+  attention.add_argument("--batch", type=int, default=1)
+  attention.add_argument("--block_size", type=int, default=512)
+  attention.add_argument("--repeats", type=int, default=3)
+  attention.add_argument("--output", default=None, help="write the results as JSON here")
   return parser
 
 
-def main(argv=None) -> int:
-  args = _parser().parse_args(argv)
+def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v]
+  except ValueError:
+    raise SystemExit(f"{flag} must be comma-separated integers, got {text!r}") from None
+  if not values or any(v < minimum for v in values):
+    raise SystemExit(f"{flag} needs integers >= {minimum}, got {text!r}")
+  return values
+
+
+def _run_memory(args) -> dict:
+  policies = [p for p in args.policies.split(",") if p]
+  unknown = sorted(set(policies) - set(REMAT_POLICIES))
+  if not policies or unknown:
+    raise SystemExit(f"--policies must come from {REMAT_POLICIES}, got {args.policies!r}")
+  if args.batch < 1:
+    raise SystemExit("--batch must be at least 1")
+  return memory_benchmarking.run_memory_benchmark(
+      args.size, _ints(args.lengths, "--lengths", 16), policies, args.batch,
+      args.scan_layers, args.dtype, args.attention)
+
+
+def _run_attention(args) -> dict:
+  if args.batch < 1 or args.block_size < 1 or args.repeats < 1:
+    raise SystemExit("--batch, --block_size and --repeats must be at least 1")
+  config = args.config
+  if config == "auto":
+    config = "cpu" if jax.devices()[0].platform == "cpu" else "base"
+  return memory_benchmarking.run_attention_benchmark(
+      config, _ints(args.lengths, "--lengths", 16), args.batch, args.block_size, args.repeats)
+
+
+def _run_inference(args) -> dict:
   rates = [float(r) for r in args.rates.split(",") if r]
   if not rates or any(not 0.0 <= r < 1.0 for r in rates):
     raise SystemExit(f"--rates must be comma-separated values in [0, 1), got {args.rates!r}")
@@ -41,8 +102,14 @@ def main(argv=None) -> int:
   config = args.config
   if config == "auto":
     config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
-  result = benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
-                                                args.batch, args.repeats)
+  return benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
+                                              args.batch, args.repeats)
+
+
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention}
+  result = run[args.command](args)
   if args.output:
     benchmarking.write_json(result, args.output)
     print(f"wrote {args.output}")
