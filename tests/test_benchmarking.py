@@ -38,7 +38,7 @@ def test_memory_benchmark_compiles_train_steps_and_reports_peaks():
   lines = []
   result = memory_benchmarking.run_memory_benchmark(
       "tiny", lengths=(32,), policies=("none", "full"), batch=2, scan_layers=True,
-      dtype="float32", log=lines.append)
+      dtype="float32", target="host", log=lines.append)
   rows = result["rows"]
   assert [(r["input_length"], r["remat_policy"]) for r in rows] == [(32, "none"), (32, "full")]
   for row in rows:
@@ -57,7 +57,7 @@ def test_attention_benchmark_times_and_measures_both_paths(monkeypatch):
                            num_decoder_layers=1, delete_gate_layer=1))
   lines = []
   result = memory_benchmarking.run_attention_benchmark(
-      "cpu", lengths=(64, 96), block_size=32, repeats=1, log=lines.append)
+      "cpu", lengths=(64, 96), block_size=32, repeats=1, target="host", log=lines.append)
   for row in result["rows"]:
     assert row["max_abs_difference"] < 1e-4  # the same encoder output
     assert row["dense_seconds"] > 0 and row["blocked_seconds"] > 0
@@ -68,9 +68,27 @@ def test_attention_benchmark_times_and_measures_both_paths(monkeypatch):
   assert len(lines) == 4
 
 
-def test_bench_cli_validates_its_flags(capsys):
-  from mrt5_jax.cli import bench
-  with pytest.raises(SystemExit, match="--policies"):
-    bench.main(["memory", "--policies", "none,some"])
-  with pytest.raises(SystemExit, match="--lengths"):
-    bench.main(["attention", "--lengths", "1024,x"])
+class Raising:
+  """A lowered program whose compilation fails with ``message``."""
+
+  def __init__(self, message):
+    self.message = message
+
+  def compile(self):
+    raise RuntimeError(self.message)
+
+
+def test_a_program_that_does_not_fit_is_reported_with_what_xla_said_it_needs():
+  from mrt5_jax import memory_benchmarking
+  stats = memory_benchmarking.memory_stats(Raising(
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (189.19G) exceeds available HBM (15.25G)."))
+  assert not stats.fits
+  assert stats.peak_bytes == int(189.19 * 1024 ** 3)
+  assert stats.capacity_bytes == int(15.25 * 1024 ** 3)
+  assert "does not fit" in stats.describe()
+  older = memory_benchmarking.memory_stats(Raising(
+      "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 41.50G of 30.75G hbm."))
+  assert (older.fits, older.needed_bytes) == (False, int(41.5 * 1024 ** 3))
+  with pytest.raises(RuntimeError, match="something else"):
+    memory_benchmarking.memory_stats(Raising("INVALID_ARGUMENT: something else"))

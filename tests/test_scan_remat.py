@@ -170,3 +170,53 @@ def test_execution_knobs_are_validated_and_kept_out_of_hf_config():
   hf = hf_configs.to_hf_config(cfg)
   assert not set(EXECUTION_FIELDS) & set(hf)
   assert hf_configs.to_hf_config(cfg) == hf_configs.to_hf_config(model_config())
+
+
+def test_project_trainer_gradients_with_scan_remat_and_blocked_attention_equal_plain(plain):
+  """mrt5-train's gradient computation: an unscanned init checkpoint merges into
+  the scanned model (layer_stacking.like) and gives the plain model's loss and
+  gradients."""
+  from mrt5_jax import controller as controller_lib
+  from mrt5_jax import optimizers
+  from mrt5_jax.trainer import Trainer, merge_init_params
+  cfg, batch, params = plain
+  host = jax.tree_util.tree_map(np.asarray, params)
+  enc, dec_in, tgt = batch
+  feed = {"encoder_input_tokens": enc, "decoder_input_tokens": dec_in,
+          "decoder_target_tokens": tgt}
+
+  def gradients(config):
+    trainer = Trainer(config, optimizer=optimizers.OptimizerConfig(learning_rate=1e-3),
+                      enable_dropout=False)
+    state = trainer.init_state(enc.shape[1], tgt.shape[1], init_params=host, reinit_gate=False)
+    controller = controller_lib.init_state(trainer.controller)
+    sums, grads, _ = jax.jit(trainer._loss_and_grads)(state["params"], controller, feed,
+                                                      jax.random.PRNGKey(0))
+    return float(sums["loss"]), trees.flatten(layer_stacking.unstack_layers(
+        jax.device_get(grads)))
+
+  want_loss, want = gradients(cfg)
+  got_loss, got = gradients(cfg.replace(scan_layers=True, remat_policy="minimal",
+                                        attention_impl="blocked", attention_block_size=8))
+  assert got_loss == pytest.approx(want_loss, rel=1e-5)
+  for path in want:
+    scale = max(float(np.abs(want[path]).max()), 1e-3)
+    np.testing.assert_allclose(got[path], want[path], atol=1e-4 * scale, err_msg="/".join(path))
+  scanned_fresh = layer_stacking.stack_layers(host, cfg.gate_layer)
+  merged, fresh = merge_init_params(scanned_fresh, jax.tree_util.tree_map(lambda x: x + 1, host),
+                                    reinit_gate=True)
+  assert fresh == ["encoder/delete_gate/dense/bias", "encoder/delete_gate/dense/kernel",
+                   "encoder/delete_gate/layer_norm/scale"]
+  np.testing.assert_array_equal(merged["decoder"]["layers"]["mlp"]["wo"]["kernel"],
+                                scanned_fresh["decoder"]["layers"]["mlp"]["wo"]["kernel"] + 1)
+
+
+def test_inference_runner_accepts_either_layout(plain):
+  from mrt5_jax.inference import InferenceRunner
+  cfg, batch, params = plain
+  enc = batch[0]
+  want = InferenceRunner(cfg, params).encode(enc)
+  got = InferenceRunner(cfg.replace(scan_layers=True, attention_impl="blocked",
+                                    attention_block_size=8), params).encode(enc)
+  assert got.compacted_length == want.compacted_length < enc.shape[1]
+  np.testing.assert_allclose(np.asarray(got.encoded), np.asarray(want.encoded), atol=1e-5)

@@ -3,9 +3,11 @@
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
                        [--rates 0.25,0.5,0.75] [--repeats 3] [--output results.json]
   mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
-                       [--batch 1] [--scan_layers] [--attention dense|blocked] [--output F]
+                       [--batch 1] [--scan_layers] [--attention dense|blocked]
+                       [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
   mrt5-bench attention [--config cpu|small|base] [--lengths 1024,2048,4096,8192]
-                       [--batch 1] [--block_size 512] [--repeats 3] [--output F]
+                       [--batch 1] [--block_size 512] [--repeats 3] [--no_timing]
+                       [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
 
 ``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates;
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
@@ -13,7 +15,10 @@ the 2-core-CPU model otherwise. ``memory``: peak memory of one train step
 (XLA's memory analysis of the compiled step, never run) per input length and
 remat policy. ``attention``: dense against blocked encoder attention per
 length, encoder time and peak memory side by side; ``--config auto`` picks
-``base`` on a GPU/TPU and a narrow 4-layer model on a CPU.
+``base`` on a GPU/TPU and a narrow 4-layer model on a CPU. Memory compiles for
+``--target``: ``host``, or ``tpu`` (one chip of ``--topology``, compiled by
+libtpu without a TPU); ``auto`` takes a TPU chip on a CPU host with libtpu
+installed, else the host.
 """
 from __future__ import annotations
 
@@ -49,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
   memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   memory.add_argument("--scan_layers", action="store_true", help="scanned layers")
   memory.add_argument("--attention", default="dense", choices=["dense", "blocked"])
+  _target_flags(memory)
   memory.add_argument("--output", default=None, help="write the results as JSON here")
 
   attention = sub.add_parser("attention", help="dense vs blocked encoder attention per length")
@@ -57,8 +63,17 @@ def _parser() -> argparse.ArgumentParser:
   attention.add_argument("--batch", type=int, default=1)
   attention.add_argument("--block_size", type=int, default=512)
   attention.add_argument("--repeats", type=int, default=3)
+  attention.add_argument("--no_timing", action="store_true", help="memory only")
+  _target_flags(attention)
   attention.add_argument("--output", default=None, help="write the results as JSON here")
   return parser
+
+
+def _target_flags(parser) -> None:
+  parser.add_argument("--target", default="auto", choices=memory_benchmarking.TARGETS,
+                      help="compile for this host or for a TPU chip (needs libtpu)")
+  parser.add_argument("--topology", default=memory_benchmarking.DEFAULT_TPU_TOPOLOGY,
+                      help="TPU topology of --target tpu (one chip of it is measured)")
 
 
 def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
@@ -80,7 +95,7 @@ def _run_memory(args) -> dict:
     raise SystemExit("--batch must be at least 1")
   return memory_benchmarking.run_memory_benchmark(
       args.size, _ints(args.lengths, "--lengths", 16), policies, args.batch,
-      args.scan_layers, args.dtype, args.attention)
+      args.scan_layers, args.dtype, args.attention, args.target, args.topology)
 
 
 def _run_attention(args) -> dict:
@@ -90,7 +105,8 @@ def _run_attention(args) -> dict:
   if config == "auto":
     config = "cpu" if jax.devices()[0].platform == "cpu" else "base"
   return memory_benchmarking.run_attention_benchmark(
-      config, _ints(args.lengths, "--lengths", 16), args.batch, args.block_size, args.repeats)
+      config, _ints(args.lengths, "--lengths", 16), args.batch, args.block_size, args.repeats,
+      target=args.target, topology=args.topology, timing=not args.no_timing)
 
 
 def _run_inference(args) -> dict:
@@ -109,7 +125,10 @@ def _run_inference(args) -> dict:
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention}
-  result = run[args.command](args)
+  try:
+    result = run[args.command](args)
+  except ValueError as error:
+    raise SystemExit(f"mrt5-bench: error: {error}") from None
   if args.output:
     benchmarking.write_json(result, args.output)
     print(f"wrote {args.output}")
