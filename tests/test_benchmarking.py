@@ -92,3 +92,11 @@ def test_a_program_that_does_not_fit_is_reported_with_what_xla_said_it_needs():
   assert (older.fits, older.needed_bytes) == (False, int(41.5 * 1024 ** 3))
   with pytest.raises(RuntimeError, match="something else"):
     memory_benchmarking.memory_stats(Raising("INVALID_ARGUMENT: something else"))
+
+
+def test_bench_cli_validates_its_flags():
+  from mrt5_jax.cli import bench
+  with pytest.raises(SystemExit, match="--policies"):
+    bench.main(["memory", "--policies", "none,some"])
+  with pytest.raises(SystemExit, match="--lengths"):
+    bench.main(["attention", "--lengths", "1024,x"])
