@@ -11,7 +11,9 @@ Layouts read (``locate`` tells them apart):
            ``checkpoint`` whose large arrays are TensorStore specs of zarr
            arrays beside it); no model config.
 A path may be a model dir, its ``checkpoints/`` dir, a step dir, or a step's
-``state/`` dir. Readers return NumPy arrays in host memory.
+``state/`` dir. Readers return NumPy arrays in host memory, in the layout
+they were saved in (``layers_{i}``, or stacked by ``scan_layers``;
+``layer_stacking.to_layout`` / ``like`` bring them into a model's layout).
 """
 from __future__ import annotations
 

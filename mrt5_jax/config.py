@@ -41,6 +41,11 @@ SIZES = {
                num_encoder_layers=36, num_decoder_layers=12, delete_gate_layer=3),
 }
 SIZE_FIELDS = tuple(SIZES["small"])
+# Execution knobs (how the network runs, not what it computes); see MrT5Config.
+REMAT_POLICIES = ("none", "full", "minimal", "dots")
+ATTENTION_IMPLS = ("dense", "blocked")
+EXECUTION_FIELDS = ("remat_policy", "scan_layers", "attention_impl", "attention_block_size",
+                    "attention_query_block_size")
 # Keys older model_config.json files carry that now live in hard_deletion.InferenceConfig.
 LEGACY_INFERENCE_KEYS = ("hard_deletion_mode", "bucket_step", "min_bucket_length",
                          "capacity_fraction")
@@ -65,6 +70,23 @@ class MrT5Config:
   ``deletion_threshold`` None means ``sigmoid_mask_scale / 2`` (log-sigmoid:
   -5, as the published loader). ``use_gumbel_noise`` adds Gumbel noise to the
   gate logits in training (needs the ``gate_noise`` rng).
+
+  Execution knobs (``EXECUTION_FIELDS``: the same function, other memory and
+  speed; the Hugging Face config never carries them):
+  ``remat_policy`` recomputes each layer's activations in the backward pass:
+  ``none``; ``full`` (keep only the layer inputs); ``minimal`` (keep the
+  outputs of matmuls without batch dimensions, i.e. the projections and the
+  MLP, and recompute attention: ``checkpoint_dots_with_no_batch_dims``);
+  ``dots`` (keep every matmul output, attention logits too: ``dots_saveable``).
+  ``scan_layers`` runs each encoder stage (layers before the gate, layers from
+  the gate on) and the decoder as one ``nn.scan`` over stacked parameters
+  (``encoder/stage_one_layers``, ``encoder/stage_two_layers``,
+  ``decoder/layers``, leading axis ``layers``); ``mrt5_jax.layer_stacking``
+  converts between the two trees. ``attention_impl='blocked'`` runs encoder
+  self-attention as an online softmax over key blocks of
+  ``attention_block_size`` (queries in blocks of ``attention_query_block_size``,
+  default the same), memory linear in the input length
+  (``mrt5_jax.blocked_attention``).
   """
 
   size: Optional[str] = "small"
@@ -91,6 +113,12 @@ class MrT5Config:
   use_softmax1: bool = False
   random_deletion_probability: float = 0.5
   fixed_deletion_amount: float = 0.5
+
+  remat_policy: str = "none"
+  scan_layers: bool = False
+  attention_impl: str = "dense"
+  attention_block_size: int = 512
+  attention_query_block_size: Optional[int] = None
 
   def __post_init__(self):
     if self.size is not None:
@@ -124,6 +152,15 @@ class MrT5Config:
     for name in ("random_deletion_probability", "fixed_deletion_amount"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1]")
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
+    if self.attention_impl not in ATTENTION_IMPLS:
+      raise ValueError(
+          f"attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+    for name in ("attention_block_size", "attention_query_block_size"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 1):
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
   @property
   def has_gate(self) -> bool:

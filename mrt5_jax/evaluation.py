@@ -236,13 +236,14 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   Returns {'checkpoint', 'soft', 'hard', 'most_deleted', ['seqio']}. The loss
   uses the checkpoint's alpha (from its controller state) when it has one.
   """
-  from mrt5_jax import checkpoints
+  from mrt5_jax import checkpoints, layer_stacking
   from mrt5_jax.network import Transformer
 
   config = checkpoints.read_config(model_dir)
   location = checkpoints.locate(model_dir, step)
   if params is None:
     params = checkpoints.restore_params(location.step_dir)
+  params = layer_stacking.to_layout(params, config)
   controller_state = (checkpoints.restore_controller(location.step_dir)
                       or controller_lib.init_state(controller))
   module = Transformer(config)

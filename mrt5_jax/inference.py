@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrt5_jax import decoding
+from mrt5_jax import layer_stacking
 from mrt5_jax.config import MrT5Config
 from mrt5_jax.hard_deletion import MODES as RUNNER_MODES
 from mrt5_jax.hard_deletion import EncodePath, InferenceConfig
@@ -42,7 +43,7 @@ class InferenceRunner:
     if mode not in RUNNER_MODES:
       raise ValueError(f"mode must be one of {RUNNER_MODES}, got {mode!r}")
     self.config = config
-    self.params = params
+    self.params = layer_stacking.to_layout(params, config)
     self.mode = mode if config.has_gate else "soft"
     self.module = Transformer(config)
     self.path = EncodePath(self.module, inference.replace(mode=self.mode))

@@ -13,9 +13,10 @@ import flax.linen as nn
 from flax.linen import partitioning as nn_partitioning
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from mrt5_jax import attention as attn_lib
+from mrt5_jax import blocked_attention
+from mrt5_jax import relpos as relpos_lib
 
 param_with_axes = nn_partitioning.param_with_axes
 variable_with_axes = nn_partitioning.variable_with_axes
@@ -97,39 +98,16 @@ class MlpBlock(nn.Module):
     return dense(x.shape[-1], ("mlp", "embed"), name="wo")(h)
 
 
-@functools.lru_cache(maxsize=None)
-def _log_bucket_table(num_buckets: int, max_distance: int) -> np.ndarray:
-  """Bucket of each distance 0..max_distance (one direction), in float32 as T5 computes it."""
-  max_exact = num_buckets // 2
-  n = np.arange(max_distance + 1, dtype=np.int64)
-  with np.errstate(divide="ignore"):
-    scaled = (np.log(n.astype(np.float32) / np.float32(max_exact))
-              / np.float32(math.log(max_distance / max_exact))
-              * np.float32(num_buckets - max_exact))
-  large = max_exact + np.where(n >= max_exact, scaled, 0).astype(np.int64)
-  large = np.minimum(large, num_buckets - 1)
-  return np.where(n < max_exact, n, large).astype(np.int32)
-
-
-def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
-                             num_buckets: int = 32, max_distance: int = 128) -> jax.Array:
-  """T5's bucketing of ``key_position - query_position`` (int array of any shape)."""
-  buckets = jnp.zeros_like(relative_position)
-  if bidirectional:
-    num_buckets //= 2
-    buckets = buckets + (relative_position > 0).astype(relative_position.dtype) * num_buckets
-    distance = jnp.abs(relative_position)
-  else:
-    distance = -jnp.minimum(relative_position, 0)
-  table = jnp.asarray(_log_bucket_table(num_buckets, max_distance))
-  return buckets + table[jnp.minimum(distance, max_distance)]
+relative_position_bucket = relpos_lib.relative_position_bucket
 
 
 class RelativePositionBiases(nn.Module):
   """Learned per-head bias from bucketed relative positions, one table per stack.
 
   Positions are given explicitly, so hard deletion can pass the original
-  positions of the kept bytes. Returns (B or 1, H, Q, K).
+  positions of the kept bytes. ``__call__`` returns (B or 1, H, Q, K);
+  ``table()`` the (H, num_buckets) parameter itself, which the blocked
+  attention reads to build the bias block by block.
   """
   num_heads: int
   num_buckets: int = 32
@@ -137,16 +115,19 @@ class RelativePositionBiases(nn.Module):
   bidirectional: bool = True
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    self.rel_embedding = param_with_axes(
+        "rel_embedding", relpos_init, (self.num_heads, self.num_buckets), jnp.float32,
+        axes=("heads", "relpos_buckets"), module=self)
+
+  def table(self) -> jax.Array:
+    return self.rel_embedding
+
   def __call__(self, query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
     """query_positions (B|1, Q), key_positions (B|1, K) int32."""
-    table = param_with_axes("rel_embedding", relpos_init, (self.num_heads, self.num_buckets),
-                            jnp.float32, axes=("heads", "relpos_buckets"))
-    relative = key_positions[:, None, :] - query_positions[:, :, None]
-    bucket = relative_position_bucket(relative.astype(jnp.int32), self.bidirectional,
-                                      self.num_buckets, self.max_distance)
-    values = jnp.take(table.T, bucket, axis=0)
-    return jnp.transpose(values, (0, 3, 1, 2)).astype(self.dtype)
+    return relpos_lib.bias_from_table(
+        self.rel_embedding, query_positions, key_positions, bidirectional=self.bidirectional,
+        max_distance=self.max_distance).astype(self.dtype)
 
 
 def _write_at(cache: jax.Array, step: jax.Array, index: jax.Array) -> jax.Array:
@@ -176,6 +157,11 @@ class MultiHeadAttention(nn.Module):
   prompt (B, T, E) into the cache and sets each row's index to
   ``prefill_lengths`` (B,), as t5x's prompt prefilling expects; after that
   the index is per row.
+
+  ``bias`` may instead be an ``attention.AttentionBias`` (the encoder's
+  self-attention with ``attention_impl='blocked'``): the attention then runs
+  blocked (``blocked_attention``, key blocks of ``block_size``, query blocks
+  of ``query_block_size``), building the bias block by block.
   """
   num_heads: int
   head_dim: int
@@ -184,13 +170,18 @@ class MultiHeadAttention(nn.Module):
   float32_logits: bool = True
   collect_score_penalty: bool = False
   dtype: jnp.dtype = jnp.float32
+  block_size: int = 512
+  query_block_size: Optional[int] = None
 
   @nn.compact
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array,
-               bias: Optional[jax.Array] = None, *, penalty_valid: Optional[jax.Array] = None,
+               bias=None, *, penalty_valid: Optional[jax.Array] = None,
                decode: bool = False, prefill: bool = False,
                prefill_lengths: Optional[jax.Array] = None,
                deterministic: bool = True) -> jax.Array:
+    blocked = isinstance(bias, attn_lib.AttentionBias)
+    if blocked and (decode or prefill):
+      raise ValueError("blocked attention serves encoder self-attention; it has no KV cache")
     inner = self.num_heads * self.head_dim
     depth_scaling = math.sqrt(self.head_dim)
 
@@ -235,13 +226,23 @@ class MultiHeadAttention(nn.Module):
     dropout_rng = None
     if not deterministic and self.dropout_rate > 0.0:
       dropout_rng = self.make_rng("dropout")
-    out, logits = attn_lib.dot_product_attention(
-        query, key, value, bias, use_softmax1=self.use_softmax1,
-        float32_logits=self.float32_logits, dropout_rng=dropout_rng,
-        dropout_rate=self.dropout_rate, deterministic=deterministic, dtype=self.dtype,
-        return_logits=True)
-    if self.collect_score_penalty:
-      self.sow("intermediates", "score_penalty", attn_lib.score_penalty(logits, penalty_valid))
+    common = dict(use_softmax1=self.use_softmax1, float32_logits=self.float32_logits,
+                  dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+                  deterministic=deterministic, dtype=self.dtype)
+    if blocked:
+      result = blocked_attention.blocked_dot_product_attention(
+          query, key, value, bias, key_block_size=self.block_size,
+          query_block_size=self.query_block_size, return_penalty=self.collect_score_penalty,
+          **common)
+      out = result
+      if self.collect_score_penalty:
+        out, (total, count) = result
+        self.sow("intermediates", "score_penalty", total / jnp.maximum(count, 1.0))
+    else:
+      out, logits = attn_lib.dot_product_attention(query, key, value, bias, return_logits=True,
+                                                   **common)
+      if self.collect_score_penalty:
+        self.sow("intermediates", "score_penalty", attn_lib.score_penalty(logits, penalty_valid))
     out = out.reshape(batch, out.shape[1], inner)
     return Dense(inputs_q.shape[-1], ("joined_kv", "embed"), kernel_init=attention_kernel_init,
                  dtype=self.dtype, name="out")(out)

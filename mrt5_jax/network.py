@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Optional
 
 import flax.linen as nn
+from flax.linen import partitioning as nn_partitioning
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -69,18 +70,45 @@ def _dtype(config: MrT5Config):
   return jnp.dtype(config.dtype)
 
 
-def _self_attention_bias(relpos: jax.Array, valid: jax.Array,
-                         segment_ids: Optional[jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Relative position bias plus padding/segment masking -> (bias, allowed (B,1,L,L))."""
-  allowed = attn_lib.make_attention_mask(valid, valid)
-  if segment_ids is not None:
-    allowed = jnp.logical_and(allowed, attn_lib.make_segment_mask(segment_ids, segment_ids))
-  return relpos + attn_lib.mask_to_bias(allowed, relpos.dtype), allowed
+REMAT_POLICIES = {
+    "full": None,
+    "minimal": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    "dots": jax.checkpoint_policies.dots_saveable,
+}
+# What nn.scan stacks along the leading 'layers' axis.
+SCANNED_COLLECTIONS = {"params": 0, "cache": 0, "intermediates": 0}
+
+
+def _rematerialised(layer_cls, config: MrT5Config, static_argnums: tuple[int, ...]):
+  """``layer_cls`` under ``nn.remat`` with the config's policy (unchanged for 'none').
+
+  ``static_argnums`` count ``self`` as 0 (flax's convention).
+  """
+  if config.remat_policy == "none":
+    return layer_cls
+  return nn.remat(layer_cls, policy=REMAT_POLICIES[config.remat_policy],
+                  prevent_cse=not config.scan_layers, static_argnums=static_argnums)
+
+
+def _scanned(layer_cls, config: MrT5Config, length: int, num_args: int, name: str, **kwargs):
+  """One module running ``length`` copies of ``layer_cls`` with ``nn.scan``.
+
+  Parameters, the KV cache and sown intermediates get a leading 'layers'
+  axis; every argument after the carried hidden state is broadcast.
+  """
+  scan = nn_partitioning.scan_with_axes(
+      layer_cls, variable_axes=SCANNED_COLLECTIONS,
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * num_args, length=length, axis_name="layers")
+  return scan(config, scanned=True, name=name, **kwargs)
 
 
 class EncoderLayer(nn.Module):
+  """One encoder layer; ``bias`` is a dense (B|1, H, Q, K) array with its
+  ``allowed`` mask, or an ``AttentionBias`` (blocked attention; ``allowed`` None)."""
   config: MrT5Config
   collect_score_penalty: bool = False
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, x, bias, allowed, deterministic: bool = True):
@@ -91,16 +119,28 @@ class EncoderLayer(nn.Module):
         num_heads=cfg.num_heads, head_dim=cfg.head_dim, dropout_rate=cfg.dropout_rate,
         use_softmax1=cfg.use_softmax1, float32_logits=cfg.float32_attention_logits,
         collect_score_penalty=self.collect_score_penalty, dtype=dtype,
+        block_size=cfg.attention_block_size, query_block_size=cfg.attention_query_block_size,
         name="attention")(h, h, bias, penalty_valid=allowed, deterministic=deterministic)
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(x)
     h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
     x = x + nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(h, deterministic=deterministic)
-    return layers.with_sharding_constraint(x, ("batch", "length", "embed"))
+    x = layers.with_sharding_constraint(x, ("batch", "length", "embed"))
+    return (x, None) if self.scanned else x
+
+
+# static_argnums of the layers' __call__ under nn.remat (self = 0).
+ENCODER_LAYER_STATIC = (4,)
+DECODER_LAYER_STATIC = (6, 7, 8)
 
 
 class Encoder(nn.Module):
-  """Layers before the gate at full length, the gate, then the rest (soft or compacted)."""
+  """Layers before the gate at full length, the gate, then the rest (soft or compacted).
+
+  The layers are ``layers_{i}`` submodules, or with ``scan_layers`` two
+  scanned stacks: ``stage_one_layers`` ([0, gate)) and ``stage_two_layers``
+  ([gate, N)). ``apply_layers`` is the one place either stage runs.
+  """
   config: MrT5Config
 
   def setup(self):
@@ -108,25 +148,62 @@ class Encoder(nn.Module):
     self.relpos_bias = layers.RelativePositionBiases(
         cfg.num_heads, cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, bidirectional=True, dtype=jnp.float32)
-    self.layers = [EncoderLayer(cfg, collect_score_penalty=cfg.has_gate and i >= cfg.gate_layer)
-                   for i in range(cfg.num_encoder_layers)]
+    layer_cls = _rematerialised(EncoderLayer, cfg, ENCODER_LAYER_STATIC)
+    gate, total = cfg.gate_layer, cfg.num_encoder_layers
+    if cfg.scan_layers:
+      self.stage_one_layers = (_scanned(layer_cls, cfg, gate, 3, "stage_one_layers")
+                               if gate > 0 else None)
+      self.stage_two_layers = (_scanned(layer_cls, cfg, total - gate, 3, "stage_two_layers",
+                                        collect_score_penalty=cfg.has_gate)
+                               if total > gate else None)
+    else:
+      self.layers = [layer_cls(cfg, collect_score_penalty=cfg.has_gate and i >= gate)
+                     for i in range(total)]
     if cfg.has_gate:
       self.delete_gate = DeleteGate(cfg)
     self.encoder_norm = layers.RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
-  def _full_length_bias(self, tokens, segment_ids):
-    length = tokens.shape[1]
-    positions = jnp.arange(length, dtype=jnp.int32)[None, :]
-    return _self_attention_bias(self.relpos_bias(positions, positions), tokens > 0, segment_ids)
+  def self_attention_bias(self, positions, valid, segment_ids=None,
+                          key_bias=None) -> attn_lib.AttentionBias:
+    """The factored self-attention bias of positions (B|1, L'), valid (B, L')."""
+    return attn_lib.AttentionBias(
+        relpos_table=self.relpos_bias.table(), query_positions=positions,
+        key_positions=positions, query_valid=valid, key_valid=valid,
+        query_segments=segment_ids, key_segments=segment_ids, key_bias=key_bias,
+        bidirectional=True, max_distance=self.config.relative_attention_max_distance)
+
+  def apply_layers(self, stage: int, x, bias: attn_lib.AttentionBias,
+                   deterministic: bool = True):
+    """Stage 1 (layers [0, gate)) or stage 2 (layers [gate, N)) on x (B, L', E).
+
+    The bias is built densely once for the stage, or handed to the blocked
+    attention as it is (``attention_impl``).
+    """
+    cfg = self.config
+    if cfg.attention_impl == "blocked":
+      dense_bias, allowed = bias, None
+    else:
+      dense_bias, allowed = bias.build()
+    if cfg.scan_layers:
+      stack = self.stage_one_layers if stage == 1 else self.stage_two_layers
+      if stack is not None:
+        x, _ = stack(x, dense_bias, allowed, deterministic)
+      return x
+    chosen = self.layers[:cfg.gate_layer] if stage == 1 else self.layers[cfg.gate_layer:]
+    for layer in chosen:
+      x = layer(x, dense_bias, allowed, deterministic)
+    return x
+
+  def _full_length_bias(self, tokens, segment_ids, key_bias=None):
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)[None, :]
+    return self.self_attention_bias(positions, tokens > 0, segment_ids, key_bias)
 
   def stage_one(self, embedded, tokens, segment_ids=None,
                 deterministic: bool = True) -> StageOneOutput:
     """Embedded inputs (B, L, E) -> the hidden state entering the gate layer, G, logits."""
     x = self.dropout(embedded, deterministic=deterministic)
-    bias, allowed = self._full_length_bias(tokens, segment_ids)
-    for layer in self.layers[:self.config.gate_layer]:
-      x = layer(x, bias, allowed, deterministic)
+    x = self.apply_layers(1, x, self._full_length_bias(tokens, segment_ids), deterministic)
     if not self.config.has_gate:
       return StageOneOutput(hidden=x, gate=None, gate_logits=None)
     gate, gate_logits = self.delete_gate(x, tokens > 0, tokens, deterministic=deterministic)
@@ -147,15 +224,9 @@ class Encoder(nn.Module):
     if deletion not in DELETION_MODES:
       raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")
     if gate is None or deletion == "soft":
-      bias, allowed = self._full_length_bias(tokens, segment_ids)
-      if gate is None:
-        key_bias = jnp.zeros((batch, length), jnp.float32)
-      else:
-        key_bias = gate
-        bias = bias + key_bias[:, None, None, :].astype(bias.dtype)
-      x = hidden
-      for layer in self.layers[cfg.gate_layer:]:
-        x = layer(x, bias, allowed, deterministic)
+      key_bias = jnp.zeros((batch, length), jnp.float32) if gate is None else gate
+      bias = self._full_length_bias(tokens, segment_ids, None if gate is None else gate)
+      x = self.apply_layers(2, hidden, bias, deterministic)
       kept_positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
       mask, num_dropped = real.astype(jnp.int32), jnp.zeros((batch,), jnp.int32)
       compacted_segments = segment_ids
@@ -168,10 +239,8 @@ class Encoder(nn.Module):
       compacted_segments = None
       if segment_ids is not None:
         compacted_segments = jnp.where(chosen.valid, compaction.gather(segment_ids, chosen.indices), 0)
-      relpos = self.relpos_bias(chosen.indices, chosen.indices)
-      bias, allowed = _self_attention_bias(relpos, chosen.valid, compacted_segments)
-      for layer in self.layers[cfg.gate_layer:]:
-        x = layer(x, bias, allowed, deterministic)
+      bias = self.self_attention_bias(chosen.indices, chosen.valid, compacted_segments)
+      x = self.apply_layers(2, x, bias, deterministic)
       key_bias = jnp.zeros(chosen.valid.shape, jnp.float32)
       kept_positions, mask = chosen.indices, chosen.valid.astype(jnp.int32)
       num_dropped = chosen.num_dropped
@@ -189,6 +258,7 @@ class Encoder(nn.Module):
 
 class DecoderLayer(nn.Module):
   config: MrT5Config
+  scanned: bool = False
 
   @nn.compact
   def __call__(self, y, encoded, self_bias, cross_bias, cross_allowed,
@@ -214,10 +284,12 @@ class DecoderLayer(nn.Module):
     h = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="pre_mlp_layer_norm")(y)
     h = layers.MlpBlock(cfg.d_ff, cfg.dropout_rate, dtype, name="mlp")(h, deterministic)
     y = y + drop(h)
-    return layers.with_sharding_constraint(y, ("batch", "length", "embed"))
+    y = layers.with_sharding_constraint(y, ("batch", "length", "embed"))
+    return (y, None) if self.scanned else y
 
 
 class Decoder(nn.Module):
+  """Decoder layers ``layers_{i}``, or one scanned stack ``layers`` (``scan_layers``)."""
   config: MrT5Config
 
   @nn.compact
@@ -235,10 +307,14 @@ class Decoder(nn.Module):
         bidirectional=False, dtype=jnp.float32, name="relpos_bias")(positions, positions)
     self_bias = relpos + attn_lib.mask_to_bias(self_mask, relpos.dtype)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(embedded, deterministic=deterministic)
-    for i in range(cfg.num_decoder_layers):
-      y = DecoderLayer(cfg, name=f"layers_{i}")(
-          y, encoded, self_bias, cross_bias, cross_allowed, deterministic=deterministic,
-          decode=decode, prefill=prefill, prefill_lengths=prefill_lengths)
+    layer_cls = _rematerialised(DecoderLayer, cfg, DECODER_LAYER_STATIC)
+    args = (encoded, self_bias, cross_bias, cross_allowed, deterministic, decode, prefill,
+            prefill_lengths)
+    if cfg.scan_layers:
+      y, _ = _scanned(layer_cls, cfg, cfg.num_decoder_layers, len(args), "layers")(y, *args)
+    else:
+      for i in range(cfg.num_decoder_layers):
+        y = layer_cls(cfg, name=f"layers_{i}")(y, *args)
     y = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="decoder_norm")(y)
     y = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))(y, deterministic=deterministic)
     logits = layers.Dense(cfg.vocab_size, ("embed", "vocab"), dtype=jnp.float32,
@@ -249,6 +325,11 @@ class Decoder(nn.Module):
 class Transformer(nn.Module):
   """MrT5 / ByT5 encoder-decoder with t5x's ``__call__``/``encode``/``decode``."""
   config: MrT5Config
+
+  @property
+  def scan_layers(self) -> bool:
+    """t5x's ``EncoderDecoderModel`` reads this: scanned caches put the batch on axis 1."""
+    return self.config.scan_layers
 
   def setup(self):
     cfg = self.config

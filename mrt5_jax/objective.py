@@ -231,7 +231,11 @@ def entropy_regularizer(gate: jax.Array, coeff_1: float, coeff_2: float) -> jax.
 
 
 def score_regularizer(intermediates: Any) -> jax.Array:
-  """Mean of every ``score_penalty`` value the attention layers sowed (0 if none)."""
+  """Mean over layers of every ``score_penalty`` the attention layers sowed (0 if none).
+
+  A layer sows a scalar; a scanned stack sows one (layers,) array, so every
+  layer counts once in either layout.
+  """
   values = []
 
   def collect(path, leaf):
@@ -241,7 +245,7 @@ def score_regularizer(intermediates: Any) -> jax.Array:
   jax.tree_util.tree_map_with_path(collect, intermediates)
   if not values:
     return jnp.float32(0.0)
-  return jnp.mean(jnp.stack([jnp.mean(v) for v in values]))
+  return jnp.mean(jnp.concatenate([jnp.ravel(v) for v in values]))
 
 
 # ----------------------------------------------------------------------------- the loss

@@ -34,6 +34,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("relpos_buckets", None),
     ("length", None),
     ("cache", None),
+    ("layers", None),  # the stacked axis of scanned layers (MrT5Config.scan_layers)
 )
 
 

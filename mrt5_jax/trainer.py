@@ -27,6 +27,7 @@ import optax
 from mrt5_jax import checkpoints
 from mrt5_jax import controller as controller_lib
 from mrt5_jax import data as data_lib
+from mrt5_jax import layer_stacking
 from mrt5_jax import objective as objective_lib
 from mrt5_jax import optimizers
 from mrt5_jax import partitioning
@@ -48,9 +49,10 @@ def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> t
   The delete gate keeps its fresh initialisation when ``reinit_gate`` or when
   the loaded tree has none (continued pre-training from ByT5). Any other
   parameter missing from ``loaded``, or of another shape, is an error.
+  ``loaded`` may be scanned or not; it is brought into ``fresh``'s layout.
   Returns (params, the paths kept fresh).
   """
-  loaded_flat = trees.flatten(loaded)
+  loaded_flat = trees.flatten(layer_stacking.like(loaded, fresh))
   kept_fresh, problems = [], []
 
   def pick(key, leaf):

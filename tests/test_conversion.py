@@ -409,3 +409,48 @@ def test_module_entry_point():
   result = subprocess.run([sys.executable, "-m", "mrt5_jax.cli.convert", "to-pytorch", "--help"],
                           capture_output=True, text=True, check=True)
   assert "--checkpoint" in result.stdout and "--delete_gate_layer" in result.stdout
+
+
+def test_scanned_checkpoint_converts_to_pytorch_and_back(tmp_path, gated_params):
+  """A scan_layers run (stacked layers) gives the same HF folder as the unscanned
+  tree, and from-pytorch --scan_layers gives the stacked tree back bit for bit."""
+  from mrt5_jax import layer_stacking
+  scanned_config = GATED.replace(scan_layers=True)
+  scanned = layer_stacking.stack_layers(gated_params, GATED.gate_layer)
+  assert np.shape(scanned["encoder"]["stage_one_layers"]["mlp"]["wo"]["kernel"])[0] == 2
+  model_dir = tmp_path / "scanned"
+  write_project(str(model_dir), scanned, scanned_config, step=7)
+  convert.to_pytorch(str(model_dir), str(tmp_path / "hf"))
+  write_project(str(tmp_path / "plain"), gated_params, GATED, step=7)
+  convert.to_pytorch(str(tmp_path / "plain"), str(tmp_path / "hf_plain"))
+  got = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  want = load_file(str(tmp_path / "hf_plain" / "model.safetensors"))
+  assert sorted(got) == sorted(want)
+  for name in want:
+    assert np.array_equal(got[name], want[name]), name
+  assert "scan_layers" not in json.load(open(tmp_path / "hf" / "config.json"))
+
+  assert cli.main(["from-pytorch", "--model", str(tmp_path / "hf"), "--output",
+                   str(tmp_path / "back"), "--scan_layers", "true"]) == 0
+  restored = checkpoints.read_checkpoint(str(tmp_path / "back"))
+  assert restored.config.scan_layers
+  assert_trees_equal(scanned, restored.params)
+  convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "back_plain"))
+  assert_trees_equal(gated_params, checkpoints.restore_params(str(tmp_path / "back_plain")))
+
+
+def test_scanned_t5x_checkpoint_gives_its_gate_layer(tmp_path, gated_params):
+  from mrt5_jax import layer_stacking
+  scanned = layer_stacking.stack_layers(gated_params, 2)
+  config = configs.infer_config(scanned, use_softmax1=True)
+  assert config.delete_gate_layer == 2 and config.scan_layers
+  assert config.num_encoder_layers == GATED.num_encoder_layers
+  with pytest.raises(ValueError, match="contradicts the scanned tree"):
+    configs.infer_config(scanned, delete_gate_layer=3)
+  write_t5x(str(tmp_path / "t5x"), scanned, step=10)
+  convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), use_softmax1=True)
+  hf = json.load(open(tmp_path / "hf" / "config.json"))
+  assert hf["delete_gate_layer"] == 2
+  want = mapping.jax_to_hf_state_dict(gated_params, GATED)
+  got = load_file(str(tmp_path / "hf" / "model.safetensors"))
+  assert all(np.array_equal(got[name], want[name]) for name in want)

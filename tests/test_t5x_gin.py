@@ -120,6 +120,19 @@ def test_eval_infer_and_cpu_files_parse(tool, gin_file, bindings):
   assert run["task"].startswith("mrt5.span_corruption.")
 
 
+def test_memory_macros_reach_the_network():
+  """REMAT_POLICY, SCAN_LAYERS, ATTENTION_IMPL, ATTENTION_BLOCK_SIZE (default: off)."""
+  default = _probe("train", ["t5x/mrt5_tiny_cpu.gin"], "MODEL_DIR='/m'")
+  assert {k: default["config"][k] for k in ("remat_policy", "scan_layers", "attention_impl")} == {
+      "remat_policy": "none", "scan_layers": False, "attention_impl": "dense"}
+  run = _probe("train", ["t5x/mrt5_tiny_cpu.gin"], "MODEL_DIR='/m'", "REMAT_POLICY='minimal'",
+               "SCAN_LAYERS=True", "ATTENTION_IMPL='blocked'", "ATTENTION_BLOCK_SIZE=256")
+  config = run["config"]
+  assert (config["remat_policy"], config["scan_layers"], config["attention_impl"],
+          config["attention_block_size"]) == ("minimal", True, "blocked", 256)
+  assert run["num_params"] == default["num_params"]  # the same weights, stacked
+
+
 def test_finetune_file_restores_an_mrt5_checkpoint_with_a_fresh_optimizer():
   run = _probe("train", ["t5x/mrt5_small.gin", "t5x/mrt5_finetune.gin"],
                "MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'", "TRAIN_STEPS=100",

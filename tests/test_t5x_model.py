@@ -413,3 +413,82 @@ def test_prompted_prediction_prefills_and_matches_t5x_without_prefill():
                                                   prompt_with_targets=True)
   np.testing.assert_array_equal(np.asarray(our_tokens), np.asarray(their_tokens))
   assert np.any(np.asarray(our_tokens)[prompt == 0] != 0)  # it did decode past the prompts
+
+
+# ----------------------------------------------------------------------------- scan, remat, blocked
+
+
+@pytest.mark.slow
+def test_scanned_rematerialised_blocked_model_trains_and_predicts_like_the_plain_one():
+  """scan_layers + remat + blocked attention under t5x: the partitioner reads the
+  stacked axes, one t5x train step and beam-search / prompted prediction (t5x's
+  cache_offset=1 for scanned caches) give what the plain model gives on the same
+  weights, stacked."""
+  from t5x import decoding as t5x_decoding
+  from mrt5_jax import layer_stacking
+
+  plain_config = _config()
+  fast_config = plain_config.replace(scan_layers=True, remat_policy="full",
+                                     attention_impl="blocked", attention_block_size=8)
+  batch = _batch(seed=11)
+  plain, fast = _model(plain_config), _model(fast_config)
+  assert fast.module.scan_layers and not plain.module.scan_layers
+  fast_variables = _variables(fast, batch)
+  plain_variables = _variables(plain, batch)
+  params = _decisive_gate(plain_variables["params"])
+  stacked = layer_stacking.stack_layers(flax.core.unfreeze(params), plain_config.gate_layer)
+  assert (jax.tree_util.tree_map(np.shape, flax.core.unfreeze(fast_variables["params"]))
+          == jax.tree_util.tree_map(np.shape, stacked))
+  state = t5x_train_state.FlaxOptimTrainState.create(
+      fast.optimizer_def, flax.core.freeze({**flax.core.unfreeze(fast_variables),
+                                            "params": stacked}))
+  axes = t5x_partitioning.PjitPartitioner(num_partitions=1).get_mesh_axes(state)
+  query_axes = axes.params["encoder"]["stage_two_layers"]["attention"]["query"]["kernel"]
+  assert tuple(query_axes) == (None, None, "model")  # layers, embed, joined_kv
+
+  def step(model, params):
+    variables = {**flax.core.unfreeze(_variables(model, batch)), "params": params}
+    train_state = t5x_train_state.FlaxOptimTrainState.create(model.optimizer_def,
+                                                             flax.core.freeze(variables))
+    return t5x_trainer.train_with_lr(
+        train_state, batch, learning_rate=jnp.float32(1e-3), dropout_rng=jax.random.PRNGKey(0),
+        model=model, num_microbatches=None)
+
+  plain_state, plain_metrics = step(plain, flax.core.unfreeze(params))
+  fast_state, fast_metrics = step(fast, stacked)
+  for name in ("loss", "deletion/rate", "cross_ent_loss"):
+    np.testing.assert_allclose(float(fast_metrics[name].compute()),
+                               float(plain_metrics[name].compute()), rtol=1e-5, err_msg=name)
+  np.testing.assert_allclose(float(fast_state.flax_mutables["controller"]["alpha"]),
+                             float(plain_state.flax_mutables["controller"]["alpha"]), atol=1e-6)
+  updated = layer_stacking.unstack_layers(flax.core.unfreeze(fast_state.params))
+  for (path, got), want in zip(jax.tree_util.tree_leaves_with_path(updated),
+                               jax.tree_util.tree_leaves(flax.core.unfreeze(plain_state.params))):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5,
+                               err_msg=jax.tree_util.keystr(path))
+
+  beams = dict(decoder_params={}, num_decodes=2, return_all_decodes=True)
+  plain_tokens, plain_aux = jax.jit(lambda p, b: plain.predict_batch_with_aux(p, b, **beams))(
+      params, batch)
+  fast_tokens, fast_aux = jax.jit(lambda p, b: fast.predict_batch_with_aux(p, b, **beams))(
+      stacked, batch)
+  np.testing.assert_array_equal(np.asarray(fast_tokens), np.asarray(plain_tokens))
+  np.testing.assert_allclose(np.asarray(fast_aux["scores"]), np.asarray(plain_aux["scores"]),
+                             rtol=1e-4, atol=1e-4)
+  np.testing.assert_allclose(np.asarray(jax.jit(fast.score_batch)(stacked, batch)),
+                             np.asarray(jax.jit(plain.score_batch)(params, batch)),
+                             rtol=1e-4, atol=1e-4)
+
+  prompt = np.asarray(batch["decoder_input_tokens"]).copy()
+  for row, length in enumerate([2, 5, 1, 3]):
+    prompt[row, length:] = 0
+  prompted = {**batch, "decoder_input_tokens": jnp.asarray(prompt)}
+  sampling = dict(decode_fn=t5x_decoding.temperature_sample)
+  outputs = []
+  for config, weights in ((plain_config, params), (fast_config, stacked)):
+    model = _model(config, **sampling)
+    tokens, _ = jax.jit(lambda p, b: model.predict_batch_with_aux(
+        p, b, decoder_params={"topk": 1}, prompt_with_targets=True))(weights, prompted)
+    outputs.append(np.asarray(tokens))
+  np.testing.assert_array_equal(outputs[1], outputs[0])
+  assert np.any(outputs[0][prompt == 0] != 0)

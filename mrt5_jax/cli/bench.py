@@ -1,14 +1,29 @@
-"""``mrt5-bench``: speed measurements.
+"""``mrt5-bench``: speed and memory measurements.
 
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
                        [--rates 0.25,0.5,0.75] [--repeats 3] [--output results.json]
+  mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
+                       [--batch 1] [--scan_layers] [--attention dense|blocked]
+                       [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
+  mrt5-bench attention [--config cpu|small|base] [--lengths 1024,2048,4096,8192]
+                       [--batch 1] [--block_size 512] [--repeats 3] [--no_timing]
+                       [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
   mrt5-bench deletion  [--tasks vowel_removal,contextual_vowel_removal,span_corruption]
                        [--recipes shipped,published,previous_demo] [--targets 0.3,0.5]
                        [--steps 1500] [--work_dir /tmp/mrt5_deletion] [--output rows.json]
                        [--gin BINDING ...]
 
+``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates;
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
-the 2-core-CPU model otherwise.
+the 2-core-CPU model otherwise. ``memory``: peak memory of one train step
+(XLA's memory analysis of the compiled step, never run) per input length and
+remat policy. ``attention``: dense against blocked encoder attention per
+length, encoder time and peak memory side by side; ``--config auto`` picks
+``base`` on a GPU/TPU and a narrow 4-layer model on a CPU. Memory compiles for
+``--target``: ``host``, or ``tpu`` (one chip of ``--topology``, compiled by
+libtpu without a TPU); ``auto`` takes a TPU chip on a CPU host with libtpu
+installed, else the host. ``deletion``: trains each recipe on each task and
+reports eval deletion, soft and hard cross entropy (README "Deletion control").
 """
 from __future__ import annotations
 
@@ -18,6 +33,8 @@ import sys
 import jax
 
 from mrt5_jax import benchmarking
+from mrt5_jax import memory_benchmarking
+from mrt5_jax.config import REMAT_POLICIES, SIZES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -32,6 +49,29 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--rates", default="0.25,0.5,0.75")
   inference.add_argument("--repeats", type=int, default=3)
   inference.add_argument("--output", default=None, help="write the results as JSON here")
+
+  memory = sub.add_parser("memory", help="peak memory of one train step, with and without remat")
+  memory.add_argument("--size", default="base", choices=sorted(SIZES))
+  memory.add_argument("--lengths", default="1024,2048")
+  memory.add_argument("--policies", default="none,minimal,full",
+                      help=f"comma-separated remat policies from {REMAT_POLICIES}")
+  memory.add_argument("--batch", type=int, default=1, help="examples per device")
+  memory.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+  memory.add_argument("--scan_layers", action="store_true", help="scanned layers")
+  memory.add_argument("--attention", default="dense", choices=["dense", "blocked"])
+  _target_flags(memory)
+  memory.add_argument("--output", default=None, help="write the results as JSON here")
+
+  attention = sub.add_parser("attention", help="dense vs blocked encoder attention per length")
+  attention.add_argument("--config", default="auto", choices=["auto", "cpu", "small", "base"])
+  attention.add_argument("--lengths", default="1024,2048,4096,8192")
+  attention.add_argument("--batch", type=int, default=1)
+  attention.add_argument("--block_size", type=int, default=512)
+  attention.add_argument("--repeats", type=int, default=3)
+  attention.add_argument("--no_timing", action="store_true", help="memory only")
+  _target_flags(attention)
+  attention.add_argument("--output", default=None, help="write the results as JSON here")
+
   deletion = sub.add_parser("deletion", help="deletion control: recipes x tasks, soft vs hard")
   deletion.add_argument("--tasks", default="vowel_removal,contextual_vowel_removal")
   deletion.add_argument("--recipes", default="shipped,published")
@@ -48,9 +88,61 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
-def _deletion(args) -> int:
+def _target_flags(parser) -> None:
+  parser.add_argument("--target", default="auto", choices=memory_benchmarking.TARGETS,
+                      help="compile for this host or for a TPU chip (needs libtpu)")
+  parser.add_argument("--topology", default=memory_benchmarking.DEFAULT_TPU_TOPOLOGY,
+                      help="TPU topology of --target tpu (one chip of it is measured)")
+
+
+def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v]
+  except ValueError:
+    raise SystemExit(f"{flag} must be comma-separated integers, got {text!r}") from None
+  if not values or any(v < minimum for v in values):
+    raise SystemExit(f"{flag} needs integers >= {minimum}, got {text!r}")
+  return values
+
+
+def _run_memory(args) -> dict:
+  policies = [p for p in args.policies.split(",") if p]
+  unknown = sorted(set(policies) - set(REMAT_POLICIES))
+  if not policies or unknown:
+    raise SystemExit(f"--policies must come from {REMAT_POLICIES}, got {args.policies!r}")
+  if args.batch < 1:
+    raise SystemExit("--batch must be at least 1")
+  return memory_benchmarking.run_memory_benchmark(
+      args.size, _ints(args.lengths, "--lengths", 16), policies, args.batch,
+      args.scan_layers, args.dtype, args.attention, args.target, args.topology)
+
+
+def _run_attention(args) -> dict:
+  if args.batch < 1 or args.block_size < 1 or args.repeats < 1:
+    raise SystemExit("--batch, --block_size and --repeats must be at least 1")
+  config = args.config
+  if config == "auto":
+    config = "cpu" if jax.devices()[0].platform == "cpu" else "base"
+  return memory_benchmarking.run_attention_benchmark(
+      config, _ints(args.lengths, "--lengths", 16), args.batch, args.block_size, args.repeats,
+      target=args.target, topology=args.topology, timing=not args.no_timing)
+
+
+def _run_inference(args) -> dict:
+  rates = [float(r) for r in args.rates.split(",") if r]
+  if not rates or any(not 0.0 <= r < 1.0 for r in rates):
+    raise SystemExit(f"--rates must be comma-separated values in [0, 1), got {args.rates!r}")
+  if args.length < 64:
+    raise SystemExit("--length must be at least 64")
+  config = args.config
+  if config == "auto":
+    config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
+  return benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
+                                              args.batch, args.repeats)
+
+
+def _run_deletion(args) -> dict:
   import dataclasses
-  import json
   from mrt5_jax import deletion_study
   from mrt5_jax.cli import common
   common.setup_logging()
@@ -65,27 +157,17 @@ def _deletion(args) -> int:
       pretrain_steps=args.pretrain_steps, continue_steps=args.continue_steps,
       extra_bindings=args.gin)
   print(deletion_study.markdown_table(rows))
-  if args.output:
-    with open(args.output, "w") as f:
-      json.dump([dataclasses.asdict(row) for row in rows], f, indent=2)
-    print(f"wrote {args.output}")
-  return 0
+  return {"rows": [dataclasses.asdict(row) for row in rows]}
 
 
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  if args.command == "deletion":
-    return _deletion(args)
-  rates = [float(r) for r in args.rates.split(",") if r]
-  if not rates or any(not 0.0 <= r < 1.0 for r in rates):
-    raise SystemExit(f"--rates must be comma-separated values in [0, 1), got {args.rates!r}")
-  if args.length < 64:
-    raise SystemExit("--length must be at least 64")
-  config = args.config
-  if config == "auto":
-    config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
-  result = benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
-                                                args.batch, args.repeats)
+  run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention,
+         "deletion": _run_deletion}
+  try:
+    result = run[args.command](args)
+  except ValueError as error:
+    raise SystemExit(f"mrt5-bench: error: {error}") from None
   if args.output:
     benchmarking.write_json(result, args.output)
     print(f"wrote {args.output}")

@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
   from_pt.add_argument("--output", required=True, help="model dir to create")
   from_pt.add_argument("--step", type=int, default=0, help="step number to write (default 0)")
   from_pt.add_argument("--overwrite", action="store_true", help="replace an existing output")
+  from_pt.add_argument("--scan_layers", type=_bool, default=False,
+                       help="true: write stacked layers for MrT5Config.scan_layers=True "
+                            "(default false: layers_{i}); mrt5-train reads either")
   return parser
 
 
@@ -72,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           use_softmax1=args.use_softmax1, deletion_type=args.deletion_type)
     else:
       summary = convert.from_pytorch(args.model, args.output, step=args.step,
-                                     overwrite=args.overwrite)
+                                     overwrite=args.overwrite, scan_layers=args.scan_layers)
   except ValueError as error:
     print(f"mrt5-convert: error: {error}", file=sys.stderr)
     return 2

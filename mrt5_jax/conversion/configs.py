@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrt5_jax.config import DELETION_TYPES, SIZE_FIELDS, MrT5Config, size_of
-from mrt5_jax import trees
+from mrt5_jax import layer_stacking, trees
 
 GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "use_softmax1",
              "gate_layer_norm", "deletion_type", "random_deletion_probability",
@@ -124,9 +124,15 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
   Heads and buckets come from the encoder relpos table, head_dim from the
   query kernel, layer counts from the ``layers_{i}`` names, the gate's
   presence and layer norm from ``encoder/delete_gate``. The gate's layer is
-  not in the tree: ``knobs`` (e.g. ``delete_gate_layer``) supply it and the
-  other gate settings, else MrT5Config's defaults apply.
+  not in an unscanned tree: ``knobs`` (e.g. ``delete_gate_layer``) supply it
+  and the other gate settings, else MrT5Config's defaults apply. A scanned
+  tree (``layer_stacking``) gives the gate layer (its stage one's length) and
+  ``scan_layers=True``.
   """
+  scanned = layer_stacking.is_scanned(params)
+  if scanned:
+    stage_one = layer_stacking.scanned_gate_layer(params)
+    params = layer_stacking.unstack_layers(params)
   flat = trees.flatten(params)
   vocab, d_model = _shape(flat, ("token_embedder", "embedding"))
   heads, buckets = _shape(flat, ("encoder", "relpos_bias", "rel_embedding"))
@@ -156,6 +162,14 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
       raise ValueError(f"{key}={knobs[key]!r} contradicts the parameter tree, which implies "
                        f"{key}={fields[key]!r}")
     knobs.pop(key, None)
+  if scanned:
+    fields["scan_layers"] = True
+    if has_gate:
+      given = knobs.get("delete_gate_layer")
+      if given is not None and given != stage_one:
+        raise ValueError(f"delete_gate_layer={given} contradicts the scanned tree, whose stage "
+                         f"one holds {stage_one} layers")
+      fields["delete_gate_layer"] = stage_one
   fields.update({key: value for key, value in knobs.items() if value is not None})
   if fields["deletion_type"] != "none":
     fields.setdefault("delete_gate_layer", 3)

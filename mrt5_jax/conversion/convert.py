@@ -66,14 +66,15 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
 
 
 def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
-                 overwrite: bool = False) -> dict[str, Any]:
+                 overwrite: bool = False, scan_layers: bool = False) -> dict[str, Any]:
   """Write a project checkpoint (``checkpoints/<step>`` + model_config.json) of an HF folder.
 
   The folder may be a converted MrT5 / ByT5 folder or a published one
-  (safetensors or pytorch_model.bin). Params are stored float32.
+  (safetensors or pytorch_model.bin). Params are stored float32, with
+  stacked layers when ``scan_layers`` (``MrT5Config.scan_layers``).
   """
   folders.check_output(output_dir, overwrite)
-  config = configs.from_hf_config(folders.read_hf_config(model_dir))
+  config = configs.from_hf_config(folders.read_hf_config(model_dir), scan_layers=scan_layers)
   params = mapping.hf_state_dict_to_jax(folders.read_hf_state_dict(model_dir), config)
   logger.info("read %s (deletion_type=%s); writing step %d to %s", model_dir,
               config.deletion_type, step, output_dir)

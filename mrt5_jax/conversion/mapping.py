@@ -6,6 +6,9 @@ every kernel is the transpose of its ``nn.Linear.weight``, the relative
 position tables (H, 32) are transposes of ``relative_attention_bias.weight``,
 layer-norm scales and the gate bias are equal. Arrays are NumPy in and out
 (torch tensors are accepted on input), so JAX code can use this without torch.
+The table names unscanned layers (``layers_{i}``); scanned trees
+(``MrT5Config.scan_layers``) are unstacked before mapping and stacked after
+(``layer_stacking``).
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mrt5_jax import trees
+from mrt5_jax import layer_stacking, trees
 from mrt5_jax.config import MrT5Config
 
 ATTENTION_NAMES = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
@@ -123,8 +126,9 @@ def jax_to_hf_state_dict(params: Mapping, config: MrT5Config,
 
   Refuses (ValueError naming the parameter) a missing parameter, an extra one
   (e.g. a gate the config does not have) and a shape that does not match.
+  A scanned tree is unstacked first.
   """
-  flat = trees.flatten(params)
+  flat = trees.flatten(layer_stacking.unstack_layers(params))
   table = parameter_table(config)
   known = {entry.jax_path for entry in table}
   extra = sorted("/".join(path) for path in flat if path not in known)
@@ -144,7 +148,8 @@ def jax_to_hf_state_dict(params: Mapping, config: MrT5Config,
 
 
 def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> dict:
-  """HF state dict (numpy arrays or torch tensors) -> nested JAX params, float32.
+  """HF state dict (numpy arrays or torch tensors) -> nested JAX params, float32,
+  in the layout ``config.scan_layers`` asks for.
 
   Tied embedding copies must equal ``shared.weight``; any other unknown
   tensor, a missing one (e.g. the gate of a gated config) or a wrong shape is
@@ -172,4 +177,4 @@ def hf_state_dict_to_jax(state_dict: Mapping[str, Any], config: MrT5Config) -> d
     if not np.array_equal(tied, shared):
       raise ValueError(f"state-dict tensor {name!r} differs from 'shared.weight'; the network "
                        "shares one embedding between encoder and decoder")
-  return trees.unflatten(flat)
+  return layer_stacking.to_layout(trees.unflatten(flat), config)
