@@ -6,12 +6,28 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 
+def _is_orbax(filename: str) -> bool:
+  return "/orbax/" in filename.replace("\\", "/")
+
+
 class _NotOrbax(logging.Filter):
-  """Drops orbax's own error logs: every failed save or restore reaches the user once, as the
-  one-line error the command prints."""
+  """Drops log records emitted from orbax's code or carrying a traceback through it (orbax's
+  error logs and asyncio's "Task exception was never retrieved" repeat every failed save or
+  restore, which reaches the user once, as the command's error)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return "orbax" not in record.pathname.replace("\\", "/").split("/")
+    frame = sys._getframe(1)
+    for _ in range(16):  # logging's and absl's frames, then the caller's
+      if frame is None:
+        break
+      if _is_orbax(frame.f_code.co_filename):
+        return False
+      frame = frame.f_back
+    if record.exc_info and record.exc_info[2] is not None:
+      import traceback
+      if any(_is_orbax(entry.filename) for entry in traceback.extract_tb(record.exc_info[2])):
+        return False
+    return True
 
 
 def _closed_loop_filter(previous):
@@ -28,7 +44,7 @@ def _closed_loop_filter(previous):
 def quiet_checkpoint_noise() -> None:
   """Hide the secondary output of a failed checkpoint save or read (orbax error logs with
   tracebacks, closed-event-loop callbacks); the command reports the failure itself."""
-  for name in ("absl", ""):
+  for name in ("absl", "asyncio", ""):
     target = logging.getLogger(name)
     if not any(isinstance(f, _NotOrbax) for f in target.filters):
       target.addFilter(_NotOrbax())
