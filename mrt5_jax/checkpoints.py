@@ -150,7 +150,10 @@ class Manager(ocp.CheckpointManager):
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, enable_async_checkpointing=True, create=True,
         cleanup_tmp_directories=True,
-        async_options=ocp.AsyncOptions(post_finalization_callback=self._record))
+        async_options=ocp.AsyncOptions(post_finalization_callback=self._record,
+                                       # a directory that cannot be made fails the save at
+                                       # once, not after background writers time out
+                                       create_directories_asynchronously=False))
     super().__init__(directory, options=options, item_names=(STATE, DATA_ITERATOR))
 
   def _record(self) -> None:
