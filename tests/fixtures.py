@@ -6,6 +6,8 @@ in a subprocess) imports them too.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from mrt5_jax import config as config_lib
@@ -148,3 +150,21 @@ def damage_checkpoint(step_dir: str, kind: str) -> str:
   else:
     os.truncate(path, size // 2)
   return relative
+
+
+class LogRecords(logging.Handler):
+  """The ``mrt5_jax`` log records of a ``with`` block, whatever the CLI's logging setup."""
+
+  def __enter__(self):
+    self.records = []
+    logging.getLogger("mrt5_jax").addHandler(self)
+    return self
+
+  def emit(self, record):
+    self.records.append(record)
+
+  def __exit__(self, *exc):
+    logging.getLogger("mrt5_jax").removeHandler(self)
+
+  def warnings(self) -> list[str]:
+    return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]

@@ -1,19 +1,17 @@
 """Checkpoint integrity: records, damage detection, fall back past damaged steps, save failures."""
 import errno
 import json
-import logging
 import os
 import shutil
 import zlib
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from mrt5_jax import checkpoint_integrity as integrity
 from mrt5_jax import checkpoints
-from tests.fixtures import DAMAGE_KINDS, damage_checkpoint
+from tests.fixtures import DAMAGE_KINDS, LogRecords as Records, damage_checkpoint
 
 
 def train_state(step: int) -> dict:
@@ -47,24 +45,6 @@ def run_dir(pristine, tmp_path):
   copy = tmp_path / "run"
   shutil.copytree(pristine, copy)
   return copy
-
-
-class Records(logging.Handler):
-  """The mrt5_jax log records of a block (independent of the CLI's logging setup)."""
-
-  def __enter__(self):
-    self.records = []
-    logging.getLogger("mrt5_jax").addHandler(self)
-    return self
-
-  def emit(self, record):
-    self.records.append(record)
-
-  def __exit__(self, *exc):
-    logging.getLogger("mrt5_jax").removeHandler(self)
-
-  def warnings(self):
-    return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
 
 
 def restore_from(model_dir, on_damaged):
