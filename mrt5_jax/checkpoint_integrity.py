@@ -39,8 +39,12 @@ class Damage:
   file: str
   reason: str
 
+  @property
+  def path(self) -> str:
+    return os.path.join(self.step_dir, self.file) if self.file else self.step_dir
+
   def describe(self) -> str:
-    return f"{os.path.join(self.step_dir, self.file)}: {self.reason}"
+    return f"{self.path}: {self.reason}"
 
 
 class DamagedCheckpointError(ValueError):
@@ -67,10 +71,10 @@ class DamagedCheckpointError(ValueError):
 
   @property
   def file(self) -> str:
-    return os.path.join(self.damages[0].step_dir, self.damages[0].file)
+    return self.damages[0].path
 
   def suggesting(self, step_flag: str) -> "DamagedCheckpointError":
-    """The same error, advising ``step_flag`` (e.g. ``--step {step}``) with the newest intact step."""
+    """The same error, advising ``step_flag`` (``--step {step}``) with the newest intact step."""
     if self.newest_intact is None:
       advice = "No other step of this run passed verification"
     else:
@@ -198,3 +202,33 @@ def verify(step_dir: str, step: int) -> bool:
                                   "damaged file(s) in this step")
     raise DamagedCheckpointError([first])
   return True
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  """``python -m mrt5_jax.checkpoint_integrity STEP_DIR...``: check steps against their records.
+
+  Prints one line per step (``ok``, ``no record`` or what is damaged); exit 1 if any is damaged.
+  """
+  import sys
+  step_dirs = list(sys.argv[1:] if argv is None else argv)
+  if not step_dirs or any(a in ("-h", "--help") for a in step_dirs):
+    print(main.__doc__)
+    return 0 if step_dirs else 2
+  damaged = False
+  for step_dir in step_dirs:
+    step_dir = os.path.abspath(step_dir.rstrip("/"))
+    name = os.path.basename(step_dir)
+    step = int(name.split("_")[-1]) if name.split("_")[-1].isdigit() else -1
+    try:
+      verified = verify(step_dir, step)
+      files = len(read_record(step_dir, step)["files"]) if verified else 0
+      print(f"{step_dir}: " + (f"ok ({files} files match the record)" if verified else
+                               "no integrity record (cannot be checked without reading it)"))
+    except DamagedCheckpointError as error:
+      damaged = True
+      print(f"{step_dir}: DAMAGED: {'; '.join(d.describe() for d in error.damages)}")
+  return 1 if damaged else 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(main())

@@ -263,16 +263,36 @@ def move_aside(step_dir: str, step: int, reason: str = "") -> str:
   return destination
 
 
-def _read_failure(error: BaseException, step_dir: str) -> tuple[str, str]:
-  """(file relative to ``step_dir``, reason) of a failed read; the file is a guess from
-  the message when the reader named none (OCDBT names only the array)."""
+def _read_failure(error: BaseException, step_dir: str, default: str = "") -> tuple[str, str]:
+  """(file relative to ``step_dir``, reason) of a failed read: the deepest path inside the
+  step that the message names, else ``default`` (OCDBT errors name only the array; ``""``
+  stands for the step dir itself)."""
   text = str(error)
-  paths = [p for p in _QUOTED_PATH.findall(text) if p.startswith(step_dir.rstrip("/") + "/")]
-  deepest = max(paths, key=len) if paths else None
-  relative = os.path.relpath(deepest, step_dir).rstrip("/") if deepest else STATE
+  root = step_dir.rstrip("/") + "/"
+  paths = [p.rstrip("/") for p in _QUOTED_PATH.findall(text) if p.startswith(root)]
+  paths = [p for p in paths if p != root.rstrip("/")]
+  relative = os.path.relpath(max(paths, key=len), step_dir) if paths else default
   array = re.search(r'Error reading "([^"]+)"', text)
   reason = "cannot be read" + (f" (array {array.group(1)})" if array else "")
-  return relative, f"{reason}: {_first_line(text, 240)}"
+  return relative, f"{reason}: {_first_line(text)}"
+
+
+_READ_DAMAGE = ("Error reading", "DATA_LOSS", "OUT_OF_RANGE", "Truncated", "Not enough data",
+                "Failed to decode", "corrupt")
+
+
+def _is_read_damage(error: BaseException) -> bool:
+  """Whether a failed restore failed on the bytes (a missing, short or undecodable file),
+  not on a target of another structure or shape."""
+  seen, current = set(), error
+  while current is not None and id(current) not in seen:
+    seen.add(id(current))
+    if isinstance(current, (OSError, json.JSONDecodeError)):
+      return True
+    if any(marker in str(current) for marker in _READ_DAMAGE):
+      return True
+    current = current.__cause__ or current.__context__
+  return False
 
 
 def restore_newest(mngr: ocp.CheckpointManager, target: Mapping[str, Any], shardings: Any = None,
@@ -286,7 +306,8 @@ def restore_newest(mngr: ocp.CheckpointManager, target: Mapping[str, Any], shard
   DamagedCheckpointError names the step, the file and the newest intact step.
   A step that matches its record but does not restore into ``target`` is not
   damaged (another model or optimizer): that error is raised as is. A step
-  without a record is accepted when it restores, with a warning.
+  without a record is accepted when it restores, with a warning; when it fails
+  to read (a missing, short or undecodable file) it is damaged.
   """
   if on_damaged not in ON_DAMAGED:
     raise ValueError(f"on_damaged_checkpoint must be one of {ON_DAMAGED}, got {on_damaged!r}")
@@ -304,9 +325,9 @@ def restore_newest(mngr: ocp.CheckpointManager, target: Mapping[str, Any], shard
     try:
       state, data_state = restore(mngr, step, target, shardings)
     except Exception as error:
-      if recorded:
+      if recorded or not _is_read_damage(error):
         raise
-      damaged.append(Damage(step, step_dir, *_read_failure(error, step_dir)))
+      damaged.append(Damage(step, step_dir, *_read_failure(error, step_dir, STATE)))
       continue
     if not recorded:
       logger.warning("checkpoint step %d has no integrity record (written before records "
@@ -467,7 +488,7 @@ def _read_tensorstore(spec: dict, step_dir: str) -> np.ndarray:
   try:
     return ts.open(spec, open=True).result().read().result()
   except Exception as error:  # tensorstore raises ValueError / its own status errors
-    raise _UnreadableFile(relative.rstrip("/"), f"array {relative!r}: {error}") from error
+    raise _UnreadableFile(relative.rstrip("/"), str(error)) from error
 
 
 def _is_t5x_msgpack(location: Location) -> bool:
@@ -609,12 +630,13 @@ def _read(location: Location, read: Callable[[], Any]) -> Any:
     except (CheckpointLayoutError, DamagedCheckpointError):
       raise
     except _UnreadableFile as error:
-      damage = Damage(location.step, location.step_dir, error.relative,
-                      f"cannot be read: {_first_line(str(error), 240)}")
+      damage = Damage(location.step, location.step_dir,
+                      *_read_failure(error, location.step_dir, error.relative))
       raise DamagedCheckpointError([damage]) from error
     except Exception as error:  # orbax / TensorStore errors of a damaged step
+      default = STATE if location.layout == "project" else ""
       damage = Damage(location.step, location.step_dir,
-                      *_read_failure(error, location.step_dir))
+                      *_read_failure(error, location.step_dir, default))
       raise DamagedCheckpointError([damage]) from error
   except DamagedCheckpointError as error:
     raise DamagedCheckpointError(error.damages, newest_intact(location, error.step)) from None

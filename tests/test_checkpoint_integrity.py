@@ -125,11 +125,16 @@ def test_every_step_damaged_is_an_error_and_nothing_moves(run_dir):
   assert checkpoints.all_steps(str(run_dir)) == [1, 2]
 
 
-def test_intact_step_that_does_not_fit_the_target_is_not_called_damaged(run_dir):
+@pytest.mark.parametrize("with_record", [True, False])
+def test_intact_step_that_does_not_fit_the_target_is_not_called_damaged(run_dir, with_record):
+  if not with_record:
+    for step in (1, 2):
+      os.remove(os.path.join(checkpoints.checkpoint_dir(str(run_dir)), str(step),
+                             integrity.RECORD))
   target = train_state(0)
   target["params"]["encoder"]["kernel"] = np.zeros((8, 8), np.float32)
   with checkpoints.manager(str(run_dir)) as mngr:
-    with pytest.raises(Exception) as caught:
+    with pytest.raises(ValueError, match="not compatible with the stored shape") as caught:
       checkpoints.restore_newest(mngr, target)
   assert not isinstance(caught.value, checkpoints.DamagedCheckpointError)
   assert checkpoints.all_steps(str(run_dir)) == [1, 2]
@@ -225,3 +230,21 @@ def test_describe_failure_reads_tensorstore_os_errors():
       "No space left on device [ENOSPC] while writing "
       "/m/checkpoints/3.orbax-checkpoint-tmp/state/d/ab12")
   assert checkpoints.describe_failure(ValueError("odd\nsecond line")) == "odd"
+
+
+def test_verify_command_reports_each_step(run_dir, capsys):
+  ckpt = checkpoints.checkpoint_dir(str(run_dir))
+  steps = [os.path.join(ckpt, "1"), os.path.join(ckpt, "2")]
+  assert integrity.main(steps) == 0
+  assert capsys.readouterr().out.count("files match the record") == 2
+  damaged = damage_checkpoint(steps[1], "truncate_sharding")
+  assert integrity.main(steps) == 1
+  out = capsys.readouterr().out.splitlines()
+  assert "ok" in out[0] and "DAMAGED" in out[1] and damaged in out[1]
+
+
+def test_unknown_on_damaged_checkpoint_is_refused(tmp_path):
+  from tests.fixtures import diagnostic_dataset, train_run
+  with pytest.raises(ValueError, match="on_damaged_checkpoint must be one of"):
+    train_run(tmp_path, 2, dataset=diagnostic_dataset(), on_damaged_checkpoint="ignore")
+  assert not os.path.exists(tmp_path / "checkpoints")

@@ -11,11 +11,14 @@ def _is_orbax(filename: str) -> bool:
 
 
 class _NotOrbax(logging.Filter):
-  """Drops log records emitted from orbax's code or carrying a traceback through it (orbax's
-  error logs and asyncio's "Task exception was never retrieved" repeat every failed save or
-  restore, which reaches the user once, as the command's error)."""
+  """Drops log records emitted from orbax's code or carrying a traceback through it, and
+  asyncio's notes on abandoned futures (orbax's error logs and the futures it gives up
+  after the first failed array repeat every failed save or restore, which reaches the
+  user once, as the command's error)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
+    if record.name == "asyncio" and record.getMessage().endswith("exception was never retrieved"):
+      return False
     frame = sys._getframe(1)
     for _ in range(16):  # logging's and absl's frames, then the caller's
       if frame is None:
