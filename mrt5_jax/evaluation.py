@@ -234,18 +234,22 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   """Evaluate ``model_dir`` (its newest checkpoint, or ``step``) on ``eval_dataset``.
 
   Returns {'checkpoint', 'soft', 'hard', 'most_deleted', ['seqio']}. The loss
-  uses the checkpoint's alpha (from its controller state) when it has one.
+  uses the checkpoint's alpha (from its controller state) when it has one. A
+  damaged step is an error naming it and the newest intact step.
   """
   from mrt5_jax import checkpoints, layer_stacking
   from mrt5_jax.network import Transformer
 
   config = checkpoints.read_config(model_dir)
   location = checkpoints.locate(model_dir, step)
-  if params is None:
-    params = checkpoints.restore_params(location.step_dir)
+  try:
+    if params is None:
+      params = checkpoints.restore_params(location.step_dir)
+    controller_state = (checkpoints.restore_controller(location.step_dir)
+                        or controller_lib.init_state(controller))
+  except checkpoints.DamagedCheckpointError as error:
+    raise error.suggesting("--gin.evaluate.step={step}") from None
   params = layer_stacking.to_layout(params, config)
-  controller_state = (checkpoints.restore_controller(location.step_dir)
-                      or controller_lib.init_state(controller))
   module = Transformer(config)
   part = partitioning.Partitioner(mesh)
   evaluator = Evaluator(module, part, objective, controller, inference)

@@ -351,6 +351,7 @@ def train(*,
           init_checkpoint: Optional[str] = None,
           reinit_gate: bool = True,
           resume: bool = True,
+          on_damaged_checkpoint: str = "fall_back",
           tensorboard: bool = True,
           stop_after: Optional[int] = None) -> TrainResult:
   """Train ``model_config`` on ``train_dataset`` for ``train_steps`` steps into ``model_dir``.
@@ -358,12 +359,19 @@ def train(*,
   Resumes from the newest checkpoint in ``model_dir`` (params, optimizer,
   controller, step, data position) unless ``resume=False``; otherwise starts
   from ``init_checkpoint`` (params only, gate fresh) or from scratch.
+  A damaged newest checkpoint (``checkpoints.restore_newest``) is moved aside
+  and the run resumes from the newest intact one (``on_damaged_checkpoint=
+  'fall_back'``) or stops with an error naming it (``'error'``); a failed save
+  ends the run with ``checkpoints.CheckpointSaveError``.
   ``stop_after`` (Python only) ends the run after that many steps of this call,
   as an interruption would, saving a checkpoint. ``inference`` sets how the
   evaluation's hard deletion buckets its compacted lengths. Called again on a
   finished run, it trains nothing and reports the final evaluation again.
   """
   start_time = time.time()
+  if on_damaged_checkpoint not in checkpoints.ON_DAMAGED:
+    raise ValueError(f"train.on_damaged_checkpoint must be one of {checkpoints.ON_DAMAGED}, "
+                     f"got {on_damaged_checkpoint!r}")
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
   checkpoints.write_config(model_dir, model_config)
@@ -385,7 +393,8 @@ def train(*,
   batches_consumed = 0
   if latest is not None:
     target = trainer.abstract_state(input_length, target_length)
-    state, data_state = checkpoints.restore(mngr, latest, target, shardings)
+    latest, state, data_state = checkpoints.restore_newest(
+        mngr, target, shardings, on_damaged=on_damaged_checkpoint)
     state = jax.device_put(state, shardings)
     batches_consumed = int((data_state or {}).get("batches_consumed", int(state["step"])))
     logger.info("resumed from %s at step %d", checkpoints.checkpoint_dir(model_dir), latest)
@@ -481,10 +490,12 @@ def train(*,
       interrupted = True
       logger.warning("interrupted at step %d; saving a checkpoint", step)
     finally:
-      save(step)
-      mngr.wait_until_finished()
-      mngr.close()
-      writer.close()
+      try:
+        save(step)
+        mngr.wait_until_finished()
+      finally:
+        mngr.close()
+        writer.close()
 
   if not metrics_host and steps_this_call:
     metrics_host = _to_host(metrics)

@@ -6,6 +6,8 @@ in a subprocess) imports them too.
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from mrt5_jax import config as config_lib
@@ -114,3 +116,55 @@ def train_run(model_dir, steps, *, dataset, config=None, controller=None, lr=3e-
       optimizer=optimizers.OptimizerConfig(learning_rate=optimizers.linear_decay(lr, max(steps, 1))),
       controller=controller or ctl.ControllerConfig(target_deletion_rate=0.5, k_p=0.5),
       **kwargs)
+
+
+DAMAGE_KINDS = ("truncate_data", "delete_file", "flip_bytes", "truncate_metadata",
+                "truncate_sharding")
+
+
+def damage_checkpoint(step_dir: str, kind: str) -> str:
+  """Damage one file of a project checkpoint step as a bad disk or a partial copy would.
+
+  ``truncate_data`` / ``delete_file`` / ``flip_bytes`` hit the largest array data
+  file of ``state/``; ``truncate_metadata`` and ``truncate_sharding`` cut
+  ``state/_METADATA`` / ``state/_sharding`` to half. Returns the file's path
+  relative to ``step_dir``.
+  """
+  import os
+  if kind in ("truncate_metadata", "truncate_sharding"):
+    relative = os.path.join("state", "_METADATA" if kind == "truncate_metadata" else "_sharding")
+  else:
+    data = [os.path.join(root, name) for root, _, names in os.walk(os.path.join(step_dir, "state"))
+            for name in names if not name.startswith("_") and "manifest" not in name]
+    relative = os.path.relpath(max(data, key=os.path.getsize), step_dir)
+  path = os.path.join(step_dir, relative)
+  size = os.path.getsize(path)
+  if kind == "delete_file":
+    os.remove(path)
+  elif kind == "flip_bytes":
+    with open(path, "r+b") as f:
+      f.seek(size // 2)
+      byte = f.read(1)
+      f.seek(size // 2)
+      f.write(bytes([byte[0] ^ 0xFF]))
+  else:
+    os.truncate(path, size // 2)
+  return relative
+
+
+class LogRecords(logging.Handler):
+  """The ``mrt5_jax`` log records of a ``with`` block, whatever the CLI's logging setup."""
+
+  def __enter__(self):
+    self.records = []
+    logging.getLogger("mrt5_jax").addHandler(self)
+    return self
+
+  def emit(self, record):
+    self.records.append(record)
+
+  def __exit__(self, *exc):
+    logging.getLogger("mrt5_jax").removeHandler(self)
+
+  def warnings(self) -> list[str]:
+    return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]

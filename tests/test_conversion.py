@@ -454,3 +454,60 @@ def test_scanned_t5x_checkpoint_gives_its_gate_layer(tmp_path, gated_params):
   want = mapping.jax_to_hf_state_dict(gated_params, GATED)
   got = load_file(str(tmp_path / "hf" / "model.safetensors"))
   assert all(np.array_equal(got[name], want[name]) for name in want)
+def _largest_file(directory):
+  files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
+  return max(files, key=os.path.getsize)
+
+
+@pytest.mark.parametrize("damage", ["truncate_chunk", "truncate_msgpack"])
+def test_damaged_t5x_msgpack_step_is_named_with_the_newest_intact_step(tmp_path, plain_params,
+                                                                       damage):
+  for step in (10, 20):
+    write_t5x_msgpack(str(tmp_path / "t5x"), plain_params, step=step)
+  step_dir = tmp_path / "t5x" / "checkpoint_20"
+  if damage == "truncate_chunk":
+    path = _largest_file(str(step_dir / "target.token_embedder.embedding"))
+  else:
+    path = str(step_dir / "checkpoint")
+  os.truncate(path, os.path.getsize(path) // 2)
+  with pytest.raises(checkpoints.DamagedCheckpointError) as caught:
+    convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"))
+  message = str(caught.value)
+  named = ("target.token_embedder.embedding" if damage == "truncate_chunk" else
+           os.path.join(str(step_dir), "checkpoint"))
+  assert "checkpoint step 20 is damaged" in message and named in message
+  assert message.endswith("The newest intact step is 10: rerun with --step 10")
+  assert not (tmp_path / "hf").exists()
+  assert convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), step=10)["step"] == 10
+
+
+def test_damaged_t5x_orbax_step_is_named_with_the_newest_intact_step(tmp_path, plain_params,
+                                                                     capsys):
+  for step in (1, 2):
+    write_t5x(str(tmp_path / "t5x"), plain_params, step=step)
+  path = _largest_file(str(tmp_path / "t5x" / "checkpoint_2" / "ocdbt.process_0"))
+  os.truncate(path, os.path.getsize(path) // 2)
+  capsys.readouterr()
+  assert cli.main(["to-pytorch", "--checkpoint", str(tmp_path / "t5x"), "--output",
+                   str(tmp_path / "hf")]) == 2
+  [line] = capsys.readouterr().err.strip().splitlines()
+  assert line.startswith("mrt5-convert: error: checkpoint step 2 is damaged: ")
+  assert "checkpoint_2" in line and "cannot be read" in line
+  assert line.endswith("The newest intact step is 1: rerun with --step 1")
+  assert not (tmp_path / "hf").exists()
+  assert cli.main(["to-pytorch", "--checkpoint", str(tmp_path / "t5x"), "--step", "1",
+                   "--output", str(tmp_path / "hf")]) == 0
+
+
+def test_project_checkpoint_from_pytorch_carries_an_integrity_record(tmp_path, plain_params):
+  write_t5x(str(tmp_path / "t5x"), plain_params, step=1)
+  convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"))
+  convert.from_pytorch(str(tmp_path / "hf"), str(tmp_path / "back"), step=5)
+  step_dir = tmp_path / "back" / "checkpoints" / "5"
+  assert (step_dir / "_INTEGRITY.json").exists()
+  path = _largest_file(str(step_dir / "state"))
+  with open(path, "r+b") as f:
+    f.seek(10)
+    f.write(b"\x00\x01\x02")
+  with pytest.raises(checkpoints.DamagedCheckpointError, match="CRC-32 differs"):
+    convert.to_pytorch(str(tmp_path / "back"), str(tmp_path / "hf2"))

@@ -65,7 +65,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   logging.getLogger("mrt5_jax").setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on partial restores
+  from mrt5_jax.checkpoint_integrity import CheckpointSaveError
+  from mrt5_jax.cli import common
   from mrt5_jax.conversion import convert
+  common.quiet_checkpoint_noise()
   try:
     if args.command == "to-pytorch":
       summary = convert.to_pytorch(
@@ -76,7 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
       summary = convert.from_pytorch(args.model, args.output, step=args.step,
                                      overwrite=args.overwrite, scan_layers=args.scan_layers)
-  except ValueError as error:
+  except (ValueError, CheckpointSaveError) as error:
     print(f"mrt5-convert: error: {error}", file=sys.stderr)
     return 2
   print(json.dumps(summary, indent=2))

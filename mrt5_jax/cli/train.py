@@ -5,7 +5,11 @@
       --gin.MODEL_DIR=gs://... --gin.INIT_CHECKPOINT=/path/to/converted/byt5_small
 
 Runs ``mrt5_jax.trainer.train`` with the bound arguments; ends by printing the
-deletion rate reached against the target and where the checkpoint is.
+deletion rate reached against the target and where the checkpoint is. A
+damaged newest checkpoint is moved to MODEL_DIR/checkpoints_damaged/ and the
+run resumes from the newest intact one (``--gin.train.on_damaged_checkpoint=error``
+stops instead); a checkpoint that cannot be saved ends the run with one line
+and exit code 1.
 """
 from __future__ import annotations
 

@@ -34,13 +34,18 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
 
   ``gate_settings`` (delete_gate_layer, sigmoid_mask_scale, deletion_threshold,
   use_softmax1, deletion_type) describe checkpoints without
-  ``model_config.json`` (t5x); a checkpoint with one must not get them.
+  ``model_config.json`` (t5x); a checkpoint with one must not get them. The
+  step is verified first (its integrity record, or for t5x and older steps a
+  full read): a damaged step is an error naming the file and the newest intact step.
   Returns a summary (layout, step, model_type, parameter count).
   """
   numpy_dtype = _numpy_dtype(dtype)
   folders.check_output(output_dir, overwrite)
   gate_settings = {key: value for key, value in gate_settings.items() if value is not None}
-  checkpoint = checkpoints.read_checkpoint(checkpoint_dir, step)
+  try:
+    checkpoint = checkpoints.read_checkpoint(checkpoint_dir, step)
+  except checkpoints.DamagedCheckpointError as error:
+    raise error.suggesting("--step {step}") from None
   logger.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
               checkpoint.step)
   if checkpoint.config is not None:
