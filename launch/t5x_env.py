@@ -139,11 +139,12 @@ def build_steps(venv: str, *, python: str = sys.executable, tested: Optional[Tes
            pip + ["-c", tested.path] + (["-f", LIBTPU_RELEASES] if tpu else [])
            + requirements(tested, tpu)]
   specs = []
+  if local_sources:
+    steps.append(["mkdir", "-p", os.path.join(venv, "src")])
   for name in SOURCE_NAMES:
     if name in local_sources:
       copy = os.path.join(venv, "src", name)
-      steps += [["rm", "-rf", copy], ["mkdir", "-p", os.path.dirname(copy)],
-                ["cp", "-a", os.path.abspath(local_sources[name]), copy]]
+      steps += [["rm", "-rf", copy], ["cp", "-a", os.path.abspath(local_sources[name]), copy]]
       specs.append(copy)
     else:
       specs.append(tested.sources[name].pip_spec)
