@@ -357,9 +357,10 @@ def train(*,
   start_time = time.time()
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
-  checkpoints.write_config(model_dir, model_config)
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  if jax.process_index() == 0:  # one writer when several processes share the model dir
+    checkpoints.write_config(model_dir, model_config)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
 
   trainer = Trainer(model_config, optimizer=optimizer, objective=objective, controller=controller,
                     mesh=mesh, num_microbatches=num_microbatches, seed=seed,
@@ -373,13 +374,16 @@ def train(*,
   mngr = checkpoints.manager(model_dir, max_to_keep=keep_checkpoints,
                              async_save=async_checkpointing)
   latest = mngr.latest_step() if resume else None
-  batches_consumed = 0
+  train_iter = data_lib.BatchIterator(train_dataset, process_index=host, process_count=num_hosts)
   if latest is not None:
     target = trainer.abstract_state(input_length, target_length)
-    state, data_state = checkpoints.restore(mngr, latest, target, shardings)
+    state, data_state = checkpoints.restore(mngr, latest, target, shardings,
+                                            data_iterator=train_iter)
     state = jax.device_put(state, shardings)
-    batches_consumed = int((data_state or {}).get("batches_consumed", int(state["step"])))
-    logger.info("resumed from %s at step %d", checkpoints.checkpoint_dir(model_dir), latest)
+    if data_state is None:  # a checkpoint without a data_iterator item
+      train_iter.skip(int(state["step"]))
+    logger.info("resumed from %s at step %d (data: %s)", checkpoints.checkpoint_dir(model_dir),
+                latest, (data_state or {}).get("resumed_by", "replay"))
   else:
     init_params = None
     if init_checkpoint:
@@ -390,8 +394,6 @@ def train(*,
   step = int(state["step"])
 
   writer = summaries.SummaryWriter(model_dir, enabled=tensorboard and host == 0)
-  train_iter = data_lib.BatchIterator(train_dataset, shard_id=host, num_shards=num_hosts,
-                                      batches_consumed=batches_consumed)
   evaluator = None
   final_profile = None
   if eval_dataset is not None and eval_every > 0:
@@ -432,7 +434,7 @@ def train(*,
     nonlocal last_saved
     if last_saved == current_step:
       return
-    checkpoints.save(mngr, current_step, state, train_iter.state())
+    checkpoints.save(mngr, current_step, state, train_iter)
     last_saved = current_step
 
   with _StopFlag() as stop:
