@@ -36,6 +36,7 @@ def _register_modules() -> None:
   import mrt5_jax.config  # noqa: F401
   import mrt5_jax.controller  # noqa: F401
   import mrt5_jax.data  # noqa: F401
+  import mrt5_jax.distributed  # noqa: F401
   import mrt5_jax.hard_deletion  # noqa: F401
   import mrt5_jax.objective  # noqa: F401
   import mrt5_jax.optimizers  # noqa: F401

@@ -243,7 +243,7 @@ class Trainer:
 
   def train_step(self, state: dict, batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """One optimisation step on a host batch; returns (new state, metrics as arrays)."""
-    global_batch = batch["encoder_input_tokens"].shape[0]
+    global_batch = self.partitioner.global_batch_rows(batch["encoder_input_tokens"].shape[0])
     if global_batch % (self.num_microbatches * self.partitioner.data_size):
       raise ValueError(f"batch size {global_batch} must be divisible by num_microbatches "
                        f"({self.num_microbatches}) x data-parallel size "

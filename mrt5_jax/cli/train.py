@@ -5,7 +5,10 @@
       --gin.MODEL_DIR=gs://... --gin.INIT_CHECKPOINT=/path/to/converted/byt5_small
 
 Runs ``mrt5_jax.trainer.train`` with the bound arguments; ends by printing the
-deletion rate reached against the target and where the checkpoint is.
+deletion rate reached against the target and where the checkpoint is. Several
+processes form one run through ``DistributedConfig`` (``mrt5_jax.distributed``:
+automatic on a Cloud TPU VM slice, else ``--gin.DistributedConfig.{coordinator_address,
+num_processes,process_id}=...``), initialised before anything uses JAX.
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ def summary(result) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   def job():
+    from mrt5_jax import distributed
+    distributed.initialize()
     from mrt5_jax import trainer
     return trainer.train()
 
