@@ -104,10 +104,11 @@ def setup_steps(args) -> list[list[str]]:
       extras=[e for e in args.extras.split(",") if e])
 
 
-def check_environment(python: str) -> None:
+def check_environment(python: str, constraints: str = t5x_env.CONSTRAINTS) -> None:
   """Warns (on stderr) when ``python``'s packages differ from the pinned set."""
   done = subprocess.run([python, os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                              "t5x_env.py"), "--check"],
+                                              "t5x_env.py"), "--check",
+                         "--constraints", constraints],
                         capture_output=True, text=True, check=False)
   if done.returncode != 0:
     lines = [l for l in done.stderr.splitlines() if l.startswith("t5x environment check")]
