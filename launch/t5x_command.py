@@ -1,6 +1,9 @@
 """Command lines for ``python -m t5x.{train,eval,infer}`` with mrt5-jax gin files.
 
-Pure functions that return argv lists; the launchers print or run them.
+Pure functions that return argv lists; the launchers print or run them. gin
+bindings follow ``mrt5-train``'s convention (``mrt5_jax.gin_values``): bare
+strings are quoted for gin, values already in gin syntax pass unchanged, and
+``--gin.NAME=VALUE`` is accepted as well as ``--gin=NAME=VALUE``.
 """
 from __future__ import annotations
 
@@ -9,6 +12,8 @@ import shlex
 import subprocess
 import sys
 from typing import Iterable, Mapping, Optional, Sequence
+
+from mrt5_jax import gin_values
 
 TOOLS = ("train", "eval", "infer")
 
@@ -28,14 +33,23 @@ def gin_string(value: str) -> str:
 
 
 def parse_bindings(items: Iterable[str]) -> list[tuple[str, str]]:
-  """``["KEY=VALUE", ...]`` (gin syntax for VALUE) -> [(KEY, VALUE), ...]."""
+  """``["KEY=VALUE", ...]`` -> [(KEY, gin text of VALUE), ...].
+
+  ``TRAIN_STEPS=5000`` stays 5000; ``INITIAL_CHECKPOINT_PATH=gs://b/c`` and
+  ``INITIAL_CHECKPOINT_PATH='gs://b/c'`` both become ``'gs://b/c'``.
+  """
   pairs = []
   for item in items:
     key, sep, value = item.partition("=")
     if not sep or not key.strip() or not value.strip():
       raise ValueError(f"gin binding must look like KEY=VALUE, got {item!r}")
-    pairs.append((key.strip(), value.strip()))
+    pairs.append((key.strip(), gin_values.gin_value(value)))
   return pairs
+
+
+def gin_flags_as_argparse(argv: Sequence[str]) -> list[str]:
+  """``--gin.NAME=VALUE`` (mrt5-train's spelling) -> ``--gin=NAME=VALUE``."""
+  return ["--gin=" + arg[len("--gin."):] if arg.startswith("--gin.") else arg for arg in argv]
 
 
 def dir_bindings(tool: str, **dirs: Optional[str]) -> list[tuple[str, str]]:

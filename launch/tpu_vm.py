@@ -1,7 +1,8 @@
 """Run mrt5-jax with t5x on a Cloud TPU VM slice.
 
 Every step is one or more ``gcloud compute tpus tpu-vm`` commands; ``--dry-run``
-prints them exactly as they would run and runs nothing::
+prints them exactly as they would run and runs nothing. Flags may come before
+or after the step::
 
   python launch/tpu_vm.py --name=mrt5 --zone=us-central2-b create \\
       --accelerator-type=v4-64 --runtime-version=tpu-ubuntu2204-base
@@ -14,8 +15,13 @@ prints them exactly as they would run and runs nothing::
       --checkpoint-path=gs://BUCKET/mrt5_small/checkpoint_5000 --output-dir=gs://BUCKET/eval
   python launch/tpu_vm.py --name=mrt5 --zone=us-central2-b delete
 
-t5x runs the same program on every worker of the slice (``--worker=all``); the
-model directory must therefore be on GCS.
+``setup`` copies this checkout to every worker and builds the tested t5x
+environment there (launch/t5x-constraints.txt through launch/t5x_env.py, with
+``jax[tpu]`` at the pinned jax version; Python 3.11 from the deadsnakes PPA
+when the image lacks it) in ``$HOME/mrt5-venv``; jobs run its python. t5x runs
+the same program on every worker of the slice (``--worker=all``); the model
+directory must therefore be on GCS. gin bindings: ``--gin.NAME=VALUE`` or
+``--gin=NAME=VALUE``, strings without quotes (as ``mrt5-train``).
 """
 from __future__ import annotations
 
@@ -28,14 +34,12 @@ from typing import Optional, Sequence
 if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from launch import t5x_command  # pylint: disable=g-import-not-at-top
+from launch import t5x_env  # pylint: disable=g-import-not-at-top
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The t5x commit this project was tested with (google-research/t5x HEAD, 2026-04).
-T5X_COMMIT = "cc342d419ec3e3e9c4bf1df33c82330cafdc1e16"
-T5X_REPO = "https://github.com/google-research/t5x"
-LIBTPU_RELEASES = "https://storage.googleapis.com/jax-releases/libtpu_releases.html"
 REMOTE_PROJECT = "$HOME/mrt5-jax"
-REMOTE_T5X = "$HOME/t5x"
+REMOTE_VENV = "$HOME/mrt5-venv"
+REMOTE_PYTHON = f"{REMOTE_VENV}/bin/python"
 SOURCE_ARCHIVE = "mrt5-jax.tar.gz"
 
 
@@ -80,18 +84,9 @@ class Slice:
     return self._base("delete") + [self.name] + self._where() + ["--quiet"]
 
 
-def install_t5x_command(t5x_ref: str) -> str:
-  """Remote shell command: t5x (with jax[tpu]) from its source repository."""
-  ref = shlex.quote(t5x_ref)
-  return (f'set -e; python3 -m pip install --upgrade pip; rm -rf "{REMOTE_T5X}"; '
-          f'git clone {T5X_REPO} "{REMOTE_T5X}"; git -C "{REMOTE_T5X}" checkout {ref}; '
-          f'python3 -m pip install -e "{REMOTE_T5X}[tpu,gcp]" -f {LIBTPU_RELEASES}')
-
-
-def install_project_commands(slice_: Slice, source: Optional[str],
-                             repo_url: Optional[str], ref: str,
-                             archive_dir: str) -> list[list[str]]:
-  """Commands that put this project on every worker and pip-install it.
+def copy_project_commands(slice_: Slice, source: Optional[str], repo_url: Optional[str],
+                          ref: str, archive_dir: str) -> list[list[str]]:
+  """Commands that put this project (at ``ref``) into $HOME/mrt5-jax on every worker.
 
   ``source`` (a local git checkout) is archived at ``ref`` and copied to the
   workers; ``repo_url`` is cloned on the workers instead.
@@ -99,24 +94,47 @@ def install_project_commands(slice_: Slice, source: Optional[str],
   if bool(source) == bool(repo_url):
     raise ValueError("give exactly one of --source (local checkout) and --repo-url")
   unpack = f'set -e; rm -rf "{REMOTE_PROJECT}"; '
-  install = f'python3 -m pip install -e "{REMOTE_PROJECT}"'
   if repo_url:
     return [slice_.ssh(
         unpack + f'git clone {shlex.quote(repo_url)} "{REMOTE_PROJECT}"; '
-        f'git -C "{REMOTE_PROJECT}" checkout {shlex.quote(ref)}; ' + install)]
+        f'git -C "{REMOTE_PROJECT}" checkout {shlex.quote(ref)}')]
   archive = os.path.join(archive_dir, SOURCE_ARCHIVE)
   return [
       ["git", "-C", source, "archive", "--format=tar.gz", "-o", archive, ref],
       slice_.scp(archive, SOURCE_ARCHIVE),
       slice_.ssh(unpack + f'mkdir -p "{REMOTE_PROJECT}"; '
-                 f'tar -xzf "$HOME/{SOURCE_ARCHIVE}" -C "{REMOTE_PROJECT}"; ' + install),
+                 f'tar -xzf "$HOME/{SOURCE_ARCHIVE}" -C "{REMOTE_PROJECT}"'),
   ]
 
 
+def install_python_command(python_name: str) -> str:
+  """Remote shell: ``python_name`` (e.g. python3.11) from the deadsnakes PPA unless present."""
+  apt = "sudo DEBIAN_FRONTEND=noninteractive apt-get"
+  return (f"command -v {python_name} >/dev/null 2>&1 || {{ {apt} update -q && "
+          f"{apt} install -y -q software-properties-common && "
+          f"sudo add-apt-repository -y ppa:deadsnakes/ppa && {apt} update -q && "
+          f"{apt} install -y -q {python_name} {python_name}-venv; }}")
+
+
+def build_environment_command(extras: str = "") -> str:
+  """Remote shell: the tested t5x environment (jax[tpu]) in $HOME/mrt5-venv, with the project.
+
+  Runs the copied checkout's launch/t5x_env.py, so the workers get exactly
+  the set that launch/t5x-constraints.txt pins.
+  """
+  tested = t5x_env.read_constraints()
+  python = tested.python_name
+  extra = f" --extras={shlex.quote(extras)}" if extras else ""
+  return (f"set -e; {install_python_command(python)}; "
+          f'{python} "{REMOTE_PROJECT}/launch/t5x_env.py" --venv "{REMOTE_VENV}" '
+          f'--python "$(command -v {python})" --tpu{extra}')
+
+
 def start_job_command(job: str, t5x_args: Sequence[str]) -> str:
-  """Remote shell command: run t5x in the background, log and pid in $HOME."""
+  """Remote shell command: run t5x with the venv's python in the background; log and pid in $HOME."""
   log, pid = f'"$HOME/mrt5-{job}.log"', f'"$HOME/mrt5-{job}.pid"'
-  return (f'cd "{REMOTE_PROJECT}" && (nohup {t5x_command.shell_join(t5x_args)} > {log} 2>&1 '
+  command = f'"{REMOTE_PYTHON}" {t5x_command.shell_join(t5x_args[1:])}'
+  return (f'cd "{REMOTE_PROJECT}" && (nohup {command} > {log} 2>&1 '
           f'< /dev/null & echo $! > {pid})')
 
 
@@ -148,9 +166,9 @@ def commands_for(args) -> list[list[str]]:
   if args.step == "create":
     return [slice_.create(args.accelerator_type, args.runtime_version, args.spot)]
   if args.step == "setup":
-    return [slice_.ssh(install_t5x_command(args.t5x_ref))] + install_project_commands(
+    return copy_project_commands(
         slice_, args.source or (None if args.repo_url else REPO_ROOT), args.repo_url, args.ref,
-        args.archive_dir)
+        args.archive_dir) + [slice_.ssh(build_environment_command(args.extras))]
   if args.step in ("train", "eval", "infer"):
     return [slice_.ssh(start_job_command(args.step, _t5x_job(args, args.step)))]
   if args.step == "tail":
@@ -174,30 +192,56 @@ def _job_flags(parser: argparse.ArgumentParser, tool: str) -> None:
     parser.add_argument("--output-dir", required=True, help="gs:// directory for results")
   parser.add_argument("--tfds-data-dir", default=None, help="gs:// TFDS data directory (mC4)")
   parser.add_argument("--gin", action="append", default=[], metavar="KEY=VALUE",
-                      help="extra gin binding (repeatable), e.g. --gin=TRAIN_STEPS=5000")
+                      help="extra gin binding (repeatable), e.g. --gin=TRAIN_STEPS=5000; "
+                      "strings need no quotes")
+
+
+SHARED_FLAGS = (
+    ("--dry-run", dict(action="store_true", default=False, help="print the commands only")),
+    ("--name", dict(default=None, help="TPU VM name (required)")),
+    ("--zone", dict(default=None, help="e.g. us-central2-b (required)")),
+    ("--project", dict(default=None, help="GCP project (default: gcloud's)")),
+    ("--gcloud", dict(default="gcloud", help="gcloud executable")),
+)
+
+
+def _shared_flags(parser: argparse.ArgumentParser, top: bool) -> None:
+  """Flags accepted before and after the step (defaults only on the top parser, so a
+  value given before the step is not reset by the step's parser)."""
+  for flag, options in SHARED_FLAGS:
+    parser.add_argument(flag, **(options if top else dict(options, default=argparse.SUPPRESS)))
+
+
+class _Steps:
+  """``add_parser`` that gives every step the shared flags."""
+
+  def __init__(self, subparsers):
+    self._subparsers = subparsers
+
+  def add_parser(self, name: str, **kwargs) -> argparse.ArgumentParser:
+    parser = self._subparsers.add_parser(name, **kwargs)
+    _shared_flags(parser, top=False)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--dry-run", action="store_true", help="print the commands only")
-  parser.add_argument("--name", required=True, help="TPU VM name")
-  parser.add_argument("--zone", required=True, help="e.g. us-central2-b")
-  parser.add_argument("--project", default=None, help="GCP project (default: gcloud's)")
-  parser.add_argument("--gcloud", default="gcloud", help="gcloud executable")
-  steps = parser.add_subparsers(dest="step", required=True)
+  _shared_flags(parser, top=True)
+  steps = _Steps(parser.add_subparsers(dest="step", required=True))
 
   create = steps.add_parser("create", help="create the TPU VM slice")
   create.add_argument("--accelerator-type", required=True, help="e.g. v4-8, v5litepod-16")
   create.add_argument("--runtime-version", required=True, help="e.g. tpu-ubuntu2204-base")
   create.add_argument("--spot", action="store_true", help="spot (preemptible) capacity")
 
-  setup = steps.add_parser("setup", help="install t5x and this project on every worker")
-  setup.add_argument("--t5x-ref", default=T5X_COMMIT, help="t5x commit or branch")
+  setup = steps.add_parser("setup", help="copy this project to every worker and build the "
+                           "tested t5x environment there")
   setup.add_argument("--source", default=None,
                      help="local checkout to copy (default: this one, unless --repo-url)")
   setup.add_argument("--repo-url", default=None, help="clone this git URL on the workers instead")
   setup.add_argument("--ref", default="HEAD", help="git ref of the project to install")
   setup.add_argument("--archive-dir", default="/tmp", help="where the local source archive goes")
+  setup.add_argument("--extras", default="", help="extras of this project, e.g. 'test'")
 
   for tool in ("train", "eval", "infer"):
     _job_flags(steps.add_parser(tool, help=f"start t5x.{tool} on every worker"), tool)
@@ -217,7 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   parser = build_parser()
-  args = parser.parse_args(argv)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  args = parser.parse_args(t5x_command.gin_flags_as_argparse(argv))
+  missing = [flag for flag in ("--name", "--zone") if not getattr(args, flag[2:])]
+  if missing:
+    parser.error(f"the following arguments are required: {', '.join(missing)}")
   try:
     commands = commands_for(args)
   except ValueError as e:

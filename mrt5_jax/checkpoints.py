@@ -4,7 +4,8 @@ Layouts read (``locate`` tells them apart):
   project  ``<model_dir>/checkpoints/<step>/state/``  orbax pytree {'params', 'step'[,
            'opt_state', 'flax_mutables': {'controller': ...}]}, written by the
            trainer and by ``mrt5-convert from-pytorch`` (params and step only);
-           ``<model_dir>/checkpoints/<step>/data_iterator/`` JSON;
+           ``<model_dir>/checkpoints/<step>/data_iterator/`` JSON position (and,
+           written by the trainer, tf.data iterator state: mrt5_jax.data_checkpoint);
            ``<model_dir>/model_config.json`` (``MrT5Config.to_json()``).
   t5x      ``<model_dir>/checkpoint_<step>/`` holding {'target': params, 'state': ...},
            either an orbax pytree or t5x's own format (a msgpack file
@@ -209,10 +210,16 @@ def manager(model_dir: str, *, max_to_keep: Optional[int] = None,
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Mapping[str, Any],
-         data_state: Optional[Mapping[str, Any]] = None, *, force: bool = True) -> bool:
-  """Save the train state pytree (and the data iterator position) at ``step``."""
+         data_state: Any = None, *, force: bool = True) -> bool:
+  """Save the train state pytree (and the data iterator) at ``step``.
+
+  ``data_state``: a JSON mapping (the position only) or an object with
+  ``checkpoint_args()`` (``data.BatchIterator``: its tf.data iterators too).
+  """
   items = {STATE: ocp.args.StandardSave(dict(state))}
-  if data_state is not None:
+  if hasattr(data_state, "checkpoint_args"):
+    items[DATA_ITERATOR] = data_state.checkpoint_args()
+  elif data_state is not None:
     items[DATA_ITERATOR] = ocp.args.JsonSave(dict(data_state))
   return mngr.save(step, args=ocp.args.Composite(**items), force=force)
 
@@ -225,17 +232,19 @@ def _abstract(tree: Any, shardings: Any = None) -> Any:
 
 
 def restore(mngr: ocp.CheckpointManager, step: int, target: Mapping[str, Any],
-            shardings: Any = None) -> tuple[dict, Optional[dict]]:
+            shardings: Any = None, data_iterator: Any = None) -> tuple[dict, Optional[dict]]:
   """Restore (state, data_state) at ``step`` into the structure of ``target``.
 
   ``shardings`` (same tree as target) places every array where the train step
-  expects it; without it arrays land on the default device.
+  expects it; without it arrays land on the default device. ``data_iterator``
+  (``data.BatchIterator``) is moved to the saved data position.
   """
   step_dir = os.path.join(str(mngr.directory), str(step))
   items = {STATE: ocp.args.StandardRestore(_abstract(target, shardings))}
   has_data = os.path.isdir(os.path.join(step_dir, DATA_ITERATOR))
   if has_data:
-    items[DATA_ITERATOR] = ocp.args.JsonRestore()
+    items[DATA_ITERATOR] = (data_iterator.restore_args() if data_iterator is not None
+                            else ocp.args.JsonRestore())
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
   return dict(restored[STATE]), (dict(restored[DATA_ITERATOR]) if has_data else None)
 
@@ -298,8 +307,11 @@ def _is_read_damage(error: BaseException) -> bool:
 
 
 def restore_newest(mngr: ocp.CheckpointManager, target: Mapping[str, Any], shardings: Any = None,
-                   *, on_damaged: str = "fall_back") -> Optional[tuple[int, dict, Optional[dict]]]:
+                   *, on_damaged: str = "fall_back", data_iterator: Any = None
+                   ) -> Optional[tuple[int, dict, Optional[dict]]]:
   """(step, state, data_state) of the newest intact step of ``mngr``; None when it has none.
+
+  ``data_iterator`` is moved to the restored step's data position (``restore``).
 
   Each step, newest first, is verified against its integrity record and then
   restored. A step that fails either is damaged: with ``on_damaged='fall_back'``
@@ -325,7 +337,7 @@ def restore_newest(mngr: ocp.CheckpointManager, target: Mapping[str, Any], shard
     if damaged and on_damaged == "error":
       raise DamagedCheckpointError(damaged, step, _by_hand(damaged, step))
     try:
-      state, data_state = restore(mngr, step, target, shardings)
+      state, data_state = restore(mngr, step, target, shardings, data_iterator=data_iterator)
     except Exception as error:
       if recorded or not _is_read_damage(error):
         raise

@@ -92,9 +92,10 @@ class Evaluator:
           length = self.path.compacted_length(kept, tokens.shape[1])
         results[mode] = self._sums(params, controller_state, batch, stage_one, mode, length)
     if profile is not None and stage_one.gate is not None:
-      real = np.asarray(objective_lib.real_encoder_mask(tokens, segment_ids))
+      real = objective_lib.real_encoder_mask(tokens, segment_ids)
       deleted = gate_lib.deleted_positions(stage_one.gate, real, self.config.deletion_threshold)
-      profile.add(np.asarray(tokens), np.asarray(deleted), real)
+      host = partitioning.host_array
+      profile.add(host(tokens), host(deleted), host(real))
     return results
 
   def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]],

@@ -3,18 +3,20 @@
 gin files are looked up in the working directory, then in the installed
 ``mrt5_jax.configs`` package (so ``--gin_file=runs/local.gin`` works after a
 plain ``pip install``), then in any ``--gin_search_path``. Values of
-``--gin.X`` that are not Python literals or gin references are taken as strings
-(``--gin.MODEL_DIR=/tmp/run`` needs no quotes).
+``--gin.X`` follow ``mrt5_jax.gin_values`` (shared with the launchers): bare
+strings need no quotes (``--gin.MODEL_DIR=/tmp/run``), quoted ones stay as
+they are.
 """
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import re
 from typing import Sequence
 
 import gin
+
+from mrt5_jax import gin_values
 
 _BINDING_FLAG = re.compile(r"^--gin\.([^=]+)=(.*)$", re.S)
 
@@ -34,6 +36,7 @@ def _register_modules() -> None:
   import mrt5_jax.config  # noqa: F401
   import mrt5_jax.controller  # noqa: F401
   import mrt5_jax.data  # noqa: F401
+  import mrt5_jax.distributed  # noqa: F401
   import mrt5_jax.hard_deletion  # noqa: F401
   import mrt5_jax.objective  # noqa: F401
   import mrt5_jax.optimizers  # noqa: F401
@@ -56,19 +59,8 @@ def resolve_gin_file(name: str, extra_paths: Sequence[str] = ()) -> str:
                    + ", ".join(search_paths(extra_paths)))
 
 
-def _normalise_value(value: str) -> str:
-  text = value.strip()
-  if not text or text[0] in "@%" or text in ("None", "True", "False"):
-    return text
-  try:
-    ast.literal_eval(text)
-    return text
-  except (ValueError, SyntaxError):
-    return repr(text)
-
-
 def binding_from_flag(name: str, value: str) -> str:
-  return f"{name.strip()} = {_normalise_value(value)}"
+  return gin_values.gin_binding(name, value)
 
 
 def split_flags(argv: Sequence[str]) -> tuple[list[str], list[str], list[str], list[str]]:

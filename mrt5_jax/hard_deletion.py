@@ -158,7 +158,8 @@ class EncodePath:
 
   def compacted_length(self, kept, input_length: int) -> int:
     """The bucket that holds the largest of the kept counts ``kept`` (B,)."""
-    return bucket_for(self.inference, input_length, max(int(np.max(np.asarray(kept))), 1))
+    from mrt5_jax.partitioning import host_array  # every process must pick the same bucket
+    return bucket_for(self.inference, input_length, max(int(np.max(host_array(kept))), 1))
 
   def finish(self, params, reading: StageOneOutput, tokens, segment_ids=None, *,
              deletion: str = "hard", length: Optional[int] = None) -> EncoderOutput:

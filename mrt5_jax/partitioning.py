@@ -65,6 +65,14 @@ def make_mesh(config: MeshConfig, devices: Optional[Sequence[Any]] = None) -> Me
   return Mesh(grid, (DATA_AXIS, MODEL_AXIS))
 
 
+def host_array(x) -> np.ndarray:
+  """The whole of ``x`` as NumPy on this process, also when it spans several processes."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
 class Partitioner:
   """Shardings of parameters, optimizer state and batches over one mesh."""
 
@@ -76,6 +84,18 @@ class Partitioner:
   @property
   def data_size(self) -> int:
     return self.mesh.shape[DATA_AXIS]
+
+  @property
+  def local_data_size(self) -> int:
+    """Data-axis positions this process's devices occupy (its share of every batch)."""
+    me = jax.process_index()
+    rows = {index for index, row in enumerate(np.asarray(self.mesh.devices))
+            if any(device.process_index == me for device in row)}
+    return len(rows)
+
+  def global_batch_rows(self, local_rows: int) -> int:
+    """Rows of the global batch when this process feeds ``local_rows`` of it."""
+    return local_rows * self.data_size // max(self.local_data_size, 1)
 
   @property
   def replicated(self) -> NamedSharding:
@@ -124,10 +144,15 @@ class Partitioner:
         transform_non_params=lambda _: replicated)
 
   def shard_batch(self, batch: Mapping[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Host-local numpy batch -> global arrays split over the data axis."""
+    """Host-local numpy batch -> global arrays split over the data axis.
+
+    With several processes each passes its own rows (``global_batch_rows``);
+    the global batch is process 0's rows, then process 1's, and so on.
+    """
+    local = self.local_data_size
     for name, value in batch.items():
-      if value.shape[0] % self.data_size:
+      if value.shape[0] % local:
         raise ValueError(f"batch feature {name!r} has {value.shape[0]} rows, not a multiple of "
-                         f"the data-parallel size {self.data_size}")
+                         f"this process's data-parallel size {local}")
     return {name: jax.make_array_from_process_local_data(self.data_sharding, np.asarray(value))
             for name, value in batch.items()}

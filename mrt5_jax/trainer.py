@@ -252,7 +252,7 @@ class Trainer:
 
   def train_step(self, state: dict, batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """One optimisation step on a host batch; returns (new state, metrics as arrays)."""
-    global_batch = batch["encoder_input_tokens"].shape[0]
+    global_batch = self.partitioner.global_batch_rows(batch["encoder_input_tokens"].shape[0])
     if global_batch % (self.num_microbatches * self.partitioner.data_size):
       raise ValueError(f"batch size {global_batch} must be divisible by num_microbatches "
                        f"({self.num_microbatches}) x data-parallel size "
@@ -374,9 +374,10 @@ def train(*,
                      f"got {on_damaged_checkpoint!r}")
   model_dir = os.path.abspath(os.path.expanduser(model_dir))
   os.makedirs(model_dir, exist_ok=True)
-  checkpoints.write_config(model_dir, model_config)
-  with open(os.path.join(model_dir, "config.gin"), "w") as f:
-    f.write(gin.config_str())
+  if jax.process_index() == 0:  # one writer when several processes share the model dir
+    checkpoints.write_config(model_dir, model_config)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(gin.config_str())
 
   trainer = Trainer(model_config, optimizer=optimizer, objective=objective, controller=controller,
                     mesh=mesh, num_microbatches=num_microbatches, seed=seed,
@@ -390,14 +391,16 @@ def train(*,
   mngr = checkpoints.manager(model_dir, max_to_keep=keep_checkpoints,
                              async_save=async_checkpointing)
   latest = mngr.latest_step() if resume else None
-  batches_consumed = 0
+  train_iter = data_lib.BatchIterator(train_dataset, process_index=host, process_count=num_hosts)
   if latest is not None:
     target = trainer.abstract_state(input_length, target_length)
     latest, state, data_state = checkpoints.restore_newest(
-        mngr, target, shardings, on_damaged=on_damaged_checkpoint)
+        mngr, target, shardings, on_damaged=on_damaged_checkpoint, data_iterator=train_iter)
     state = jax.device_put(state, shardings)
-    batches_consumed = int((data_state or {}).get("batches_consumed", int(state["step"])))
-    logger.info("resumed from %s at step %d", checkpoints.checkpoint_dir(model_dir), latest)
+    if data_state is None:  # a checkpoint without a data_iterator item
+      train_iter.skip(int(state["step"]))
+    logger.info("resumed from %s at step %d (data: %s)", checkpoints.checkpoint_dir(model_dir),
+                latest, (data_state or {}).get("resumed_by", "replay"))
   else:
     init_params = None
     if init_checkpoint:
@@ -408,8 +411,6 @@ def train(*,
   step = int(state["step"])
 
   writer = summaries.SummaryWriter(model_dir, enabled=tensorboard and host == 0)
-  train_iter = data_lib.BatchIterator(train_dataset, shard_id=host, num_shards=num_hosts,
-                                      batches_consumed=batches_consumed)
   evaluator = None
   final_profile = None
   if eval_dataset is not None and eval_every > 0:
@@ -450,7 +451,7 @@ def train(*,
     nonlocal last_saved
     if last_saved == current_step:
       return
-    checkpoints.save(mngr, current_step, state, train_iter.state())
+    checkpoints.save(mngr, current_step, state, train_iter)
     last_saved = current_step
 
   with _StopFlag() as stop:

@@ -1,6 +1,7 @@
 """Checkpoint conversion: mapping round trips, checkpoint layouts, folders, bad inputs, CLI."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ from safetensors.numpy import load_file, save_file
 from mrt5_jax.cli import convert as cli
 from mrt5_jax.config import preset
 from mrt5_jax import checkpoints, trees
-from mrt5_jax.conversion import configs, convert, folders, mapping
+from mrt5_jax.conversion import configs, convert, folders, mapping, run_config
 from mrt5_jax.network import Transformer
 
 GATED = preset("tiny", delete_gate_layer=2, use_softmax1=True)
@@ -194,13 +195,16 @@ def test_from_hf_config_refuses_unsupported():
 
 
 def test_infer_config_from_shapes(gated_params, plain_params):
-  config = configs.infer_config(gated_params, delete_gate_layer=2, use_softmax1=True)
+  config = configs.infer_config(gated_params, delete_gate_layer=2, use_softmax1=True,
+                                sigmoid_mask_scale=-30.0)
   for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",
                 "num_decoder_layers", "deletion_type", "gate_layer_norm", "delete_gate_layer"):
     assert getattr(config, field) == getattr(GATED, field), field
   assert configs.infer_config(plain_params).deletion_type == "none"
   with pytest.raises(ValueError, match="contradicts"):
     configs.infer_config(gated_params, deletion_type="none")
+  with pytest.raises(ValueError, match=r"lacks \['sigmoid_mask_scale', 'use_softmax1'\]"):
+    configs.infer_config(gated_params, delete_gate_layer=2)
 
 
 def test_project_checkpoint_to_pytorch_and_back(tmp_path, gated_params):
@@ -250,7 +254,7 @@ def test_t5x_layout_converts(tmp_path, gated_params, plain_params):
   write_t5x(str(tmp_path / "t5x_gated"), gated_params, step=1000)
   out = tmp_path / "hf"
   summary = convert.to_pytorch(str(tmp_path / "t5x_gated"), str(out), delete_gate_layer=2,
-                               use_softmax1=True)
+                               use_softmax1=True, sigmoid_mask_scale=-30.0)
   assert summary["layout"] == "t5x" and summary["step"] == 1000
   hf = json.load(open(out / "config.json"))
   assert (hf["model_type"], hf["delete_gate_layer"], hf["use_softmax1"]) == ("mrt5", 2, True)
@@ -269,7 +273,7 @@ def test_t5x_layout_converts(tmp_path, gated_params, plain_params):
 def test_t5x_msgpack_tensorstore_format_converts(tmp_path, gated_params):
   write_t5x_msgpack(str(tmp_path / "t5x"), gated_params, step=20)
   summary = convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), delete_gate_layer=2,
-                               use_softmax1=True)
+                               use_softmax1=True, sigmoid_mask_scale=-30.0)
   assert summary["layout"] == "t5x" and summary["step"] == 20
   expected = mapping.jax_to_hf_state_dict(gated_params, GATED)
   expected["shared.weight"] = expected["shared.weight"].astype(ml_dtypes.bfloat16).astype(
@@ -388,8 +392,13 @@ def test_unknown_layout_and_step_are_refused(tmp_path, plain_params):
 
 def test_gate_options_conflict_with_model_config(tmp_path, gated_params):
   write_project(str(tmp_path / "run"), gated_params, GATED, step=1)
-  with pytest.raises(ValueError, match="model_config.json"):
+  with pytest.raises(ValueError, match=r"contradict .*model_config\.json: delete_gate_layer=3 "
+                     r"\(the file has 2\)"):
     convert.to_pytorch(str(tmp_path / "run"), str(tmp_path / "hf"), delete_gate_layer=3)
+  assert not (tmp_path / "hf").exists()
+  summary = convert.to_pytorch(str(tmp_path / "run"), str(tmp_path / "hf"), delete_gate_layer=2,
+                               use_softmax1=True)
+  assert summary["settings_from"] == str(tmp_path / "run" / "model_config.json")
 
 
 def test_cli(tmp_path, plain_params, capsys):
@@ -454,6 +463,8 @@ def test_scanned_t5x_checkpoint_gives_its_gate_layer(tmp_path, gated_params):
   want = mapping.jax_to_hf_state_dict(gated_params, GATED)
   got = load_file(str(tmp_path / "hf" / "model.safetensors"))
   assert all(np.array_equal(got[name], want[name]) for name in want)
+
+
 def _largest_file(directory):
   files = [os.path.join(root, name) for root, _, names in os.walk(directory) for name in names]
   return max(files, key=os.path.getsize)
@@ -511,3 +522,98 @@ def test_project_checkpoint_from_pytorch_carries_an_integrity_record(tmp_path, p
     f.write(b"\x00\x01\x02")
   with pytest.raises(checkpoints.DamagedCheckpointError, match="CRC-32 differs"):
     convert.to_pytorch(str(tmp_path / "back"), str(tmp_path / "hf2"))
+
+
+T5X_CONFIG_GIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data",
+                              "t5x_mrt5_tiny_config.gin")
+# What that real t5x config.gin says (its macros; DELETE_GATE_LAYER = None takes the tiny
+# size's layer 1 from mrt5_jax.config.SIZES).
+T5X_TINY = preset("tiny", delete_gate_layer=1, use_softmax1=True, sigmoid_mask_scale=-30.0)
+
+
+def test_t5x_config_gin_supplies_the_gate_settings(tmp_path, gated_params):
+  model_dir = tmp_path / "t5x_run"
+  write_t5x(str(model_dir), gated_params, step=2)
+  shutil.copy(T5X_CONFIG_GIN, model_dir / "config.gin")
+  for checkpoint in (model_dir, model_dir / "checkpoint_2"):
+    out = tmp_path / f"hf_{checkpoint.name}"
+    summary = cli.main(["to-pytorch", "--checkpoint", str(checkpoint), "--output", str(out)])
+    assert summary == 0
+    hf = json.load(open(out / "config.json"))
+    assert (hf["delete_gate_layer"], hf["use_softmax1"], hf["sigmoid_mask_scale"],
+            hf["deletion_threshold"], hf["gate_layer_norm"], hf["deletion_type"]) == (
+                1, True, -30.0, -15.0, True, "scaled_sigmoid")
+  assert convert.to_pytorch(str(model_dir), str(tmp_path / "hf_agree"), use_softmax1=True,
+                            delete_gate_layer=1)["settings_from"] == str(model_dir / "config.gin")
+  tensors = load_file(str(tmp_path / "hf_agree" / "model.safetensors"))
+  expected = mapping.jax_to_hf_state_dict(gated_params, T5X_TINY)
+  assert "encoder.block.1.delete_gate.feed_forward.weight" in tensors
+  assert all(np.array_equal(tensors[name], expected[name]) for name in expected)
+  with pytest.raises(ValueError, match=r"contradict .*config\.gin: delete_gate_layer=3 \(the "
+                     r"file has 1\); use_softmax1=False \(the file has True\)"):
+    convert.to_pytorch(str(model_dir), str(tmp_path / "hf_bad"), delete_gate_layer=3,
+                       use_softmax1=False)
+  assert not (tmp_path / "hf_bad").exists()
+
+
+def test_gated_checkpoint_without_settings_is_refused(tmp_path, gated_params, capsys):
+  write_t5x(str(tmp_path / "t5x"), gated_params, step=5)
+  out = tmp_path / "hf"
+  with pytest.raises(ValueError, match="missing: delete_gate_layer, sigmoid_mask_scale, "
+                     "use_softmax1"):
+    convert.to_pytorch(str(tmp_path / "t5x"), str(out))
+  with pytest.raises(ValueError, match=r"missing: sigmoid_mask_scale\. "):
+    convert.to_pytorch(str(tmp_path / "t5x"), str(out), delete_gate_layer=1, use_softmax1=False)
+  assert cli.main(["to-pytorch", "--checkpoint", str(tmp_path / "t5x"), "--output", str(out),
+                   "--use_softmax1", "true"]) == 2
+  err = capsys.readouterr().err
+  assert "missing: delete_gate_layer, sigmoid_mask_scale" in err
+  assert "--delete_gate_layer ... --sigmoid_mask_scale ..." in err
+  assert not out.exists() and not leftovers(tmp_path, "hf")
+  assert cli.main(["to-pytorch", "--checkpoint", str(tmp_path / "t5x"), "--output", str(out),
+                   "--use_softmax1", "true", "--delete_gate_layer", "2",
+                   "--sigmoid_mask_scale", "-30"]) == 0
+  assert json.loads(capsys.readouterr().out)["settings_from"] == "explicit settings"
+  assert json.load(open(out / "config.json"))["delete_gate_layer"] == 2
+
+
+def test_gin_bindings_are_read_without_importing_the_configurables(tmp_path):
+  def read(text):
+    path = tmp_path / "config.gin"
+    path.write_text(text)
+    return run_config.read_gin_bindings(str(path))
+
+  assert read(open(T5X_CONFIG_GIN).read()) == {
+      "delete_gate_layer": None, "deletion_threshold": None, "deletion_type": "scaled_sigmoid",
+      "dropout_rate": 0.0, "dtype": "float32", "fixed_deletion_amount": 0.5,
+      "float32_attention_logits": True, "gate_layer_norm": True,
+      "random_deletion_probability": 0.5, "sigmoid_mask_scale": -30.0, "size": "tiny",
+      "use_softmax1": True, "vocab_size": 384}
+  text = ("import no_such_module\n"
+          "LAYER = %OTHER\nOTHER = 2\n"
+          "mrt5_jax.config.MrT5Config.delete_gate_layer = %LAYER\n"
+          "MrT5Config.use_softmax1 = False\n"
+          "network.Transformer.config = @mrt5_jax.config.MrT5Config()\n"
+          "mrt5_jax.config.MrT5Config:\n  size = 'small'\n  sigmoid_mask_scale = -10.0\n")
+  assert read(text) == {"delete_gate_layer": 2, "use_softmax1": False, "size": "small",
+                        "sigmoid_mask_scale": -10.0}
+  assert read("MODEL_DIR = '/x'\nnetwork.T5Config.num_layers = 12\n") is None
+  with pytest.raises(ValueError, match="scopes"):
+    read("train/config.MrT5Config.delete_gate_layer = 2\n")
+  with pytest.raises(ValueError, match="unbound or circular macro"):
+    read("config.MrT5Config.delete_gate_layer = %NOWHERE\n")
+  with pytest.raises(ValueError, match="configurable reference"):
+    read("config.MrT5Config.size = @sizes.pick()\n")
+  with pytest.raises(ValueError, match="cannot parse"):
+    read("config.MrT5Config.size = = 3\n")
+  path = tmp_path / "bad.gin"
+  path.write_text("config.MrT5Config.delete_gate_layer = 9\nconfig.MrT5Config.size = 'tiny'\n")
+  with pytest.raises(ValueError, match="delete_gate_layer=9 must lie"):
+    run_config.config_from_gin(str(path))
+
+
+def test_hf_mrt5_config_without_gate_settings_is_refused():
+  hf = configs.to_hf_config(GATED)
+  for key in configs.REQUIRED_GATE_KEYS:
+    with pytest.raises(ValueError, match=f"lacks \\['{key}'\\]"):
+      configs.from_hf_config({k: v for k, v in hf.items() if k != key})

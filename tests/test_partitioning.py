@@ -72,5 +72,5 @@ def test_batch_not_divisible_by_data_axis():
   part = partitioning.Partitioner(partitioning.MeshConfig(), jax.devices())
   part.mesh  # one device: anything divides; emulate 2 data shards via the check itself
   with pytest.raises(ValueError, match="data-parallel"):
-    type(part).shard_batch(type("P", (), {"data_size": 2, "data_sharding": None})(),
+    type(part).shard_batch(type("P", (), {"local_data_size": 2, "data_sharding": None})(),
                            {"encoder_input_tokens": np.zeros((3, 4), np.int32)})

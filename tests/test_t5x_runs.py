@@ -137,6 +137,27 @@ def test_t5x_eval_and_infer_report_results(runs):
     assert row["aux"]["scores"] < 0.0
 
 
+def test_conversion_takes_the_gate_settings_from_the_runs_config_gin(runs, tmp_path, capsys):
+  """t5x writes config.gin into the model dir; mrt5-convert reads the tiny run's gate there
+  (layer 1 and softmax1, t5x/mrt5_tiny.gin) instead of assuming anything."""
+  import shutil
+  from mrt5_jax.cli import convert as convert_cli
+  out = tmp_path / "hf"
+  assert convert_cli.main(["to-pytorch", "--checkpoint", runs["c"], "--output", str(out)]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary["settings_from"] == os.path.join(runs["c"], "config.gin")
+  with open(out / "config.json") as f:
+    hf = json.load(f)
+  assert (hf["delete_gate_layer"], hf["use_softmax1"], hf["sigmoid_mask_scale"],
+          hf["num_layers"]) == (1, True, -30.0, 4)
+  lone = tmp_path / "copied" / "checkpoint_30"
+  shutil.copytree(os.path.join(runs["c"], "checkpoint_30"), lone)
+  assert convert_cli.main(["to-pytorch", "--checkpoint", str(lone), "--output",
+                           str(tmp_path / "hf2")]) == 2
+  assert "missing: delete_gate_layer, sigmoid_mask_scale, use_softmax1" in capsys.readouterr().err
+  assert not (tmp_path / "hf2").exists()
+
+
 _TINY_DOWNSTREAM = """
 from __gin__ import dynamic_registration
 import __main__ as train_script

@@ -1,4 +1,5 @@
 """Resume: 2k steps straight == k steps, stop, restart from the checkpoint, k more."""
+import logging
 import os
 
 import numpy as np
@@ -8,7 +9,7 @@ from mrt5_jax import checkpoints
 from mrt5_jax import controller as ctl
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
+def test_resume_matches_uninterrupted_run(tmp_path, caplog):
   k = 3
   dataset = diagnostic_dataset("vowel_removal", batch_size=4, seed=7)
   controller = ctl.ControllerConfig(kind="pi", target_deletion_rate=0.9, k_p=2.0, k_i=0.5)
@@ -17,7 +18,9 @@ def test_resume_matches_uninterrupted_run(tmp_path):
   assert first.interrupted and first.step == k
   assert checkpoints.latest_step(str(tmp_path / "b")) == k
   assert os.path.isdir(os.path.join(first.checkpoint_dir, "data_iterator"))
-  second = run(tmp_path / "b", 2 * k, dataset=dataset, controller=controller)
+  with caplog.at_level(logging.INFO, logger="mrt5_jax"):
+    second = run(tmp_path / "b", 2 * k, dataset=dataset, controller=controller)
+  assert f"at step {k} (data: iterator)" in caplog.text  # the tf.data iterator, no replay
   assert second.step == 2 * k and not second.interrupted
   resumed = first.history + second.history
   assert [h["step"] for h in resumed] == [h["step"] for h in straight.history]

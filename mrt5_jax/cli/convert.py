@@ -5,7 +5,9 @@
 
 ``to-pytorch`` reads this project's checkpoints (``MODEL_DIR/checkpoints/<step>``
 with ``model_config.json``) or t5x's (``MODEL_DIR/checkpoint_<step>``; the gate
-settings then come from the options below). ``from-pytorch`` writes
+settings then come from the run's ``MODEL_DIR/config.gin``, which t5x writes).
+Without either file a gated checkpoint needs the gate options below; options
+that contradict the file are an error. ``from-pytorch`` writes
 ``MODEL_DIR/checkpoints/<step>`` and ``model_config.json`` for the trainer.
 Outputs appear all at once or not at all.
 """
@@ -40,12 +42,16 @@ def build_parser() -> argparse.ArgumentParser:
   to_pt.add_argument("--output", required=True, help="HF folder to create")
   to_pt.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
   to_pt.add_argument("--overwrite", action="store_true", help="replace an existing output")
-  gate = to_pt.add_argument_group("gate settings for checkpoints without model_config.json (t5x)")
+  gate = to_pt.add_argument_group(
+      "gate settings", "read from model_config.json or the run's config.gin when there is one "
+      "(a flag must then agree with it); without either, a gated checkpoint needs "
+      "--delete_gate_layer, --sigmoid_mask_scale and --use_softmax1")
   gate.add_argument("--delete_gate_layer", type=int, default=None,
-                    help="encoder layer whose input the gate reads (default 3)")
-  gate.add_argument("--sigmoid_mask_scale", type=float, default=None, help="k (default -30)")
-  gate.add_argument("--deletion_threshold", type=float, default=None, help="default k/2")
-  gate.add_argument("--use_softmax1", type=_bool, default=None, help="true/false (default false)")
+                    help="encoder layer whose input the gate reads (0-based)")
+  gate.add_argument("--sigmoid_mask_scale", type=float, default=None, help="k, e.g. -30")
+  gate.add_argument("--deletion_threshold", type=float, default=None,
+                    help="hard-deletion threshold (default k/2)")
+  gate.add_argument("--use_softmax1", type=_bool, default=None, help="true or false")
   gate.add_argument("--deletion_type", choices=DELETION_TYPES,
                     default=None, help="default: scaled_sigmoid if the tree has a gate, else none")
 

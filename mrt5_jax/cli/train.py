@@ -9,7 +9,10 @@ deletion rate reached against the target and where the checkpoint is. A
 damaged newest checkpoint is moved to MODEL_DIR/checkpoints_damaged/ and the
 run resumes from the newest intact one (``--gin.train.on_damaged_checkpoint=error``
 stops instead); a checkpoint that cannot be saved ends the run with one line
-and exit code 1.
+and exit code 1. Several processes form one run through ``DistributedConfig``
+(``mrt5_jax.distributed``: automatic on a Cloud TPU VM slice, else
+``--gin.DistributedConfig.{coordinator_address,num_processes,process_id}=...``),
+initialised before anything uses JAX.
 """
 from __future__ import annotations
 
@@ -47,6 +50,8 @@ def summary(result) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   def job():
+    from mrt5_jax import distributed
+    distributed.initialize()
     from mrt5_jax import trainer
     return trainer.train()
 

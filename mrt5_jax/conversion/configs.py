@@ -14,6 +14,9 @@ import numpy as np
 from mrt5_jax.config import DELETION_TYPES, SIZE_FIELDS, MrT5Config, size_of
 from mrt5_jax import layer_stacking, trees
 
+# Gate settings that change what a gated network computes; a config that lacks
+# any of them is refused rather than completed with a default.
+REQUIRED_GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "use_softmax1")
 GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "use_softmax1",
              "gate_layer_norm", "deletion_type", "random_deletion_probability",
              "fixed_deletion_amount", "use_gumbel_noise")
@@ -64,7 +67,9 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
   """An HF T5 / MrT5 ``config.json`` dict -> ``MrT5Config`` (``overrides`` win).
 
   Refuses what the JAX network cannot express: non-gated MLPs (T5 1.0),
-  tied output embeddings, absolute position embeddings, unknown gate types.
+  tied output embeddings, absolute position embeddings, unknown gate types;
+  and an "mrt5" config without ``REQUIRED_GATE_KEYS`` (the published
+  MrT5Config class and this project disagree on their defaults).
   """
   model_type = values.get("model_type", "t5")
   if model_type not in ("t5", "mrt5"):
@@ -106,9 +111,17 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
       if key != "deletion_type" and values.get(key) is not None:
         fields[key] = values[key]
   fields.update(overrides)
-  if fields["deletion_type"] != "none":
-    fields.setdefault("delete_gate_layer", 3)
+  _require_gate_settings(fields, "config.json")
   return _with_size_name(fields)
+
+
+def _require_gate_settings(fields: Mapping[str, Any], where: str) -> None:
+  if fields.get("deletion_type", "scaled_sigmoid") == "none":
+    return
+  missing = [key for key in REQUIRED_GATE_KEYS if fields.get(key) is None]
+  if missing:
+    raise ValueError(f"{where} describes a {fields.get('deletion_type')} delete gate but lacks "
+                     f"{missing}; these are not guessed")
 
 
 def _shape(flat, path: tuple[str, ...]) -> tuple[int, ...]:
@@ -123,11 +136,12 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
 
   Heads and buckets come from the encoder relpos table, head_dim from the
   query kernel, layer counts from the ``layers_{i}`` names, the gate's
-  presence and layer norm from ``encoder/delete_gate``. The gate's layer is
-  not in an unscanned tree: ``knobs`` (e.g. ``delete_gate_layer``) supply it
-  and the other gate settings, else MrT5Config's defaults apply. A scanned
-  tree (``layer_stacking``) gives the gate layer (its stage one's length) and
-  ``scan_layers=True``.
+  presence and layer norm from ``encoder/delete_gate``. The gate's layer,
+  scale and attention variant are not in the tree: ``knobs`` must supply
+  ``REQUIRED_GATE_KEYS`` for a gated model (``run_config.resolve`` finds them
+  in a run's files); the threshold defaults to scale / 2. A
+  scanned tree (``layer_stacking``) gives the gate layer (its stage one's
+  length) and ``scan_layers=True``.
   """
   scanned = layer_stacking.is_scanned(params)
   if scanned:
@@ -171,8 +185,7 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
                          f"one holds {stage_one} layers")
       fields["delete_gate_layer"] = stage_one
   fields.update({key: value for key, value in knobs.items() if value is not None})
-  if fields["deletion_type"] != "none":
-    fields.setdefault("delete_gate_layer", 3)
+  _require_gate_settings(fields, "the gate settings given")
   return _with_size_name(fields)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mrt5_jax import checkpoints, trees
-from mrt5_jax.conversion import configs, folders, mapping
+from mrt5_jax.conversion import configs, folders, mapping, run_config
 
 BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenizer
 TOKENIZER_CONFIG = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 125, "eos_token": "</s>",
@@ -32,29 +32,28 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
                **gate_settings: Any) -> dict[str, Any]:
   """Write the HF folder of a project or t5x checkpoint (latest step unless ``step``).
 
-  ``gate_settings`` (delete_gate_layer, sigmoid_mask_scale, deletion_threshold,
-  use_softmax1, deletion_type) describe checkpoints without
-  ``model_config.json`` (t5x); a checkpoint with one must not get them. The
-  step is verified first (its integrity record, or for t5x and older steps a
-  full read): a damaged step is an error naming the file and the newest intact step.
-  Returns a summary (layout, step, model_type, parameter count).
+  The gate settings come from the run's ``model_config.json`` or t5x
+  ``config.gin`` (``run_config.resolve``); ``gate_settings`` (delete_gate_layer,
+  sigmoid_mask_scale, deletion_threshold, use_softmax1, deletion_type, None =
+  not given) must agree with them, and are required for a gated checkpoint
+  that has neither. The step is verified first (its integrity record, or for
+  t5x and older steps a full read): a damaged step is an error naming the file
+  and the newest intact step. Returns a summary (layout, step, model_type, where the
+  gate settings came from, parameter count).
   """
   numpy_dtype = _numpy_dtype(dtype)
   folders.check_output(output_dir, overwrite)
-  gate_settings = {key: value for key, value in gate_settings.items() if value is not None}
+  location = checkpoints.locate(checkpoint_dir, step)
   try:
-    checkpoint = checkpoints.read_checkpoint(checkpoint_dir, step)
+    checkpoint = checkpoints.read_checkpoint(location.step_dir)
   except checkpoints.DamagedCheckpointError as error:
     raise error.suggesting("--step {step}") from None
   logger.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
               checkpoint.step)
-  if checkpoint.config is not None:
-    if gate_settings:
-      raise ValueError(f"{checkpoint_dir!r} carries {checkpoints.CONFIG_FILE}; gate options "
-                       f"{sorted(gate_settings)} apply only to checkpoints without one")
-    config = checkpoint.config
-  else:
-    config = configs.infer_config(checkpoint.params, **gate_settings)
+  config, source = run_config.resolve(checkpoint.params, location.model_dir, **gate_settings)
+  logger.info("model settings from %s: delete_gate_layer=%s, use_softmax1=%s, "
+              "sigmoid_mask_scale=%s", source, config.delete_gate_layer if config.has_gate
+              else None, config.use_softmax1, config.sigmoid_mask_scale)
   state_dict = mapping.jax_to_hf_state_dict(checkpoint.params, config, numpy_dtype)
   hf_config = configs.to_hf_config(config, dtype)
   logger.info("writing %s folder (%s, %d tensors) to %s", hf_config["model_type"], dtype,
@@ -65,7 +64,7 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
       with open(os.path.join(staging, "tokenizer_config.json"), "w") as f:
         json.dump(TOKENIZER_CONFIG, f, indent=2)
   return {"layout": checkpoint.layout, "step": checkpoint.step,
-          "model_type": hf_config["model_type"], "dtype": dtype,
+          "model_type": hf_config["model_type"], "dtype": dtype, "settings_from": source,
           "num_parameters": int(sum(value.size for value in state_dict.values())),
           "output": os.path.abspath(output_dir)}
 
