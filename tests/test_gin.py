@@ -173,3 +173,22 @@ def test_run_files_bind_the_inference_config():
   assert isinstance(bound, hard_deletion.InferenceConfig) and bound.bucket_step == 4
   assert "hard_deletion_mode" not in config_lib.MrT5Config().to_dict()
   del trainer
+
+
+def _value(name):
+  value = gin.query_parameter(name)
+  return value.scoped_configurable_fn() if hasattr(value, "scoped_configurable_fn") else value
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
+def test_run_files_wire_mrt5_eval_and_mrt5_inspect(path):
+  files = [os.path.relpath(path, CONFIGS)]
+  if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
+    files.insert(0, "models/mrt5_small.gin")
+  gin_utils.parse(files, REQUIRED + ["EVAL_MIXTURE_OR_TASK_NAME = 'mrt5.xnli.zeroshot15'"])
+  assert _value("inspect_deletion.model_dir") == "/tmp/x"
+  assert _value("evaluate.model_dir") == "/tmp/x"
+  from mrt5_jax import data
+  with gin.config_scope("eval"):
+    assert data.DatasetConfig().mixture_or_task_name == "mrt5.xnli.zeroshot15"
+  assert gin.query_parameter("evaluate.speed_batches") >= 1
