@@ -204,7 +204,7 @@ def evaluate_tasks(evaluator: evaluation.Evaluator, params, controller_state,
   if speed_batches < 0 or speed_repeats < 1:
     raise ValueError("speed_batches must be >= 0 and speed_repeats >= 1")
   host, hosts = jax.process_index(), jax.process_count()
-  meter = SpeedMeter(evaluator.config, jax.device_get(params), inference) if speed_batches else None
+  meter = SpeedMeter(evaluator.config, params, inference) if speed_batches else None
   rows, totals, batch_count, all_examples, all_speed = [], {}, 0, 0, Speed()
   for task in leaf_tasks(dataset):
     task_dataset = dataclasses.replace(dataset, mixture_or_task_name=task)
