@@ -68,18 +68,25 @@ def ideal_speedup(config: MrT5Config, length: int, kept: int, target_length: int
   return byt5 / mrt5
 
 
-def paired_median_seconds(first: Callable[[], object], second: Callable[[], object],
-                          repeats: int) -> tuple[float, float]:
-  """Median wall times of two computations timed alternately, so background
-  load affects both alike."""
+def paired_seconds(first: Callable[[], object], second: Callable[[], object],
+                   repeats: int) -> tuple[list[float], list[float]]:
+  """Wall times of two computations timed alternately (after one untimed run of
+  each), so background load affects both alike; pair ``i`` ran back to back."""
   jax.block_until_ready(first())
   jax.block_until_ready(second())
-  times = ([], [])
+  times: tuple[list[float], list[float]] = ([], [])
   for _ in range(repeats):
     for fn, bucket in ((first, times[0]), (second, times[1])):
       start = time.perf_counter()
       jax.block_until_ready(fn())
       bucket.append(time.perf_counter() - start)
+  return times
+
+
+def paired_median_seconds(first: Callable[[], object], second: Callable[[], object],
+                          repeats: int) -> tuple[float, float]:
+  """Median wall times of two computations timed alternately (``paired_seconds``)."""
+  times = paired_seconds(first, second, repeats)
   return float(np.median(times[0])), float(np.median(times[1]))
 
 

@@ -8,16 +8,19 @@ from it.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Iterable, Mapping, Optional
 
 import gin
 
 import jax
 import numpy as np
+import seqio
 
 from mrt5_jax import controller as controller_lib
 from mrt5_jax import data as data_lib
 from mrt5_jax import gate as gate_lib
+from mrt5_jax import hard_deletion
 from mrt5_jax import objective as objective_lib
 from mrt5_jax import partitioning
 from mrt5_jax import train_step
@@ -98,9 +101,9 @@ class Evaluator:
       profile.add(host(tokens), host(deleted), host(real))
     return results
 
-  def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]],
-                       profile: Optional[DeletionProfile] = None) -> dict[str, dict[str, float]]:
-    """{'soft': metrics, 'hard': metrics} over all ``batches`` (hard only with a gate)."""
+  def sum_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]],
+                  profile: Optional[DeletionProfile] = None) -> tuple[dict[str, Any], int]:
+    """({mode: metric sums over ``batches``}, number of batches)."""
     totals: dict[str, Any] = {}
     count = 0
     for batch in batches:
@@ -109,6 +112,11 @@ class Evaluator:
                                         profile=profile).items():
         totals[mode] = sums if mode not in totals else objective_lib.merge_metric_sums(
             totals[mode], sums)
+    return totals, count
+
+  def metrics(self, totals: Mapping[str, Any], count: int,
+              controller_state) -> dict[str, dict[str, float]]:
+    """{mode: metrics} from ``sum_batches`` totals (possibly merged over several streams)."""
     if not count:
       raise ValueError("evaluation got no batches (is the eval split empty?)")
     alpha = controller_lib.effective_alpha(controller_state, self.controller)
@@ -121,6 +129,12 @@ class Evaluator:
       results[mode] = {k: float(v) for k, v in jax.device_get(metrics).items()}
       results[mode]["num_batches"] = float(count)
     return results
+
+  def evaluate_batches(self, params, controller_state, batches: Iterable[Mapping[str, np.ndarray]],
+                       profile: Optional[DeletionProfile] = None) -> dict[str, dict[str, float]]:
+    """{'soft': metrics, 'hard': metrics} over all ``batches`` (hard only with a gate)."""
+    totals, count = self.sum_batches(params, controller_state, batches, profile)
+    return self.metrics(totals, count, controller_state)
 
   def evaluate_dataset(self, params, controller_state, dataset: data_lib.DatasetConfig,
                        num_batches: Optional[int],
@@ -176,34 +190,43 @@ def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
                    num_examples: Optional[int] = None, mode: Optional[str] = None,
                    max_decode_length: Optional[int] = None,
                    inference: InferenceConfig = InferenceConfig()) -> dict[str, dict[str, float]]:
-  """The task's own seqio metrics: greedy predictions and target scores under hard deletion.
+  """The tasks' own seqio metrics: greedy predictions and target scores under hard deletion.
 
   ``mode`` is the InferenceRunner mode ('bucketed', 'capacity' or 'soft';
-  default: ``inference.mode``). Returns {task name: metrics}.
+  default: ``inference.mode``). A mixture is evaluated task by task (the
+  first ``num_examples`` of each). Returns {task name: metrics}; tasks with
+  prediction metrics also get the ``deletion/*`` figures of those predictions
+  (``seqio_evaluator.deletion_metrics``).
   """
-  import seqio
   from mrt5_jax.inference import InferenceRunner
+  from mrt5_jax.seqio_evaluator import DeletionMetricsEvaluator
 
   data_lib.import_task_module(dataset)
   lengths = data_lib.resolve_feature_lengths(dataset)
-  evaluator = seqio.Evaluator(
+  evaluator = DeletionMetricsEvaluator(
       dataset.mixture_or_task_name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
       eval_split=dataset.split, seed=dataset.seed, sequence_length=lengths,
       num_examples=num_examples, logger_cls=(), use_memory_cache=True,
       async_compute_metrics=False)
   runner = InferenceRunner(config, params, mode=mode, inference=inference)
   decode_length = max_decode_length or lengths["targets"]
+  threshold = config.deletion_threshold
 
   def batches(ds):
     for indices, features in ds.batch(dataset.batch_size).as_numpy_iterator():
       yield indices, features
 
-  def predict_fn(ds, *unused):
-    out = []
+  def predict_with_aux_fn(ds, *unused):
+    out, aux = [], {}
     for indices, features in batches(ds):
-      tokens = np.asarray(runner.generate(features["encoder_input_tokens"], decode_length))
-      out.extend((int(index), row) for index, row in zip(indices, tokens))
-    return out
+      tokens = features["encoder_input_tokens"]
+      encoded = runner.encode(tokens)
+      decoded = np.asarray(runner.generate_from(encoded, decode_length))
+      out.extend((int(index), row) for index, row in zip(indices, decoded))
+      figures = jax.device_get(hard_deletion.deletion_figures(encoded, tokens, threshold))
+      for key, values in figures.items():
+        aux.setdefault(key, []).extend(np.asarray(values).tolist())
+    return out, aux
 
   def score_fn(ds, *unused):
     out = []
@@ -214,7 +237,8 @@ def seqio_evaluate(config, params, dataset: data_lib.DatasetConfig, *,
       out.extend((int(i), float(s)) for i, s in zip(indices, ll.sum(axis=-1)))
     return out
 
-  futures, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn, score_fn=score_fn)
+  futures, _ = evaluator.evaluate(compute_metrics=True, predict_with_aux_fn=predict_with_aux_fn,
+                                  score_fn=score_fn)
   results = futures.result()
   return {task: {k: float(getattr(v, "value", v)) for k, v in metrics.items()}
           for task, metrics in results.items()}
@@ -231,14 +255,29 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
              inference: InferenceConfig = InferenceConfig(),
              seqio_metrics: bool = False,
              seqio_num_examples: Optional[int] = 64,
+             speed_batches: int = 1,
+             speed_repeats: int = 3,
+             report_path: Optional[str] = None,
              params=None) -> dict:
   """Evaluate ``model_dir`` (its newest checkpoint, or ``step``) on ``eval_dataset``.
 
-  Returns {'checkpoint', 'soft', 'hard', 'most_deleted', ['seqio']}. The loss
-  uses the checkpoint's alpha (from its controller state) when it has one. A
-  damaged step is an error naming it and the newest intact step.
+  Each task of the dataset's mixture (or its one task) is evaluated on its
+  first ``num_batches`` batches (None: the whole split) and its first
+  ``speed_batches`` batches are timed (``task_report.evaluate_tasks``);
+  with ``seqio_metrics`` the tasks' seqio metrics on their first
+  ``seqio_num_examples`` examples join the rows. Returns {'checkpoint',
+  'step', 'mixture_or_task_name', 'split', 'soft', 'hard' (every task's
+  batches together), 'examples', 'speed', 'tasks' (one row per task),
+  'most_deleted', ['seqio'], 'report_path'}; the report is also written as
+  JSON to ``report_path`` (default ``<model_dir>/eval/<name>.<split>.<step>.json``;
+  '' writes nothing). The loss uses the checkpoint's alpha (from its
+  controller state) when it has one. A damaged step is an error naming it
+  and the newest intact step.
   """
+  import json
+  import os
   from mrt5_jax import checkpoints, layer_stacking
+  from mrt5_jax import task_report
   from mrt5_jax.network import Transformer
 
   config = checkpoints.read_config(model_dir)
@@ -256,11 +295,28 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   evaluator = Evaluator(module, part, objective, controller, inference)
   params = jax.device_put(params, part.replicated)
   profile = DeletionProfile(config.vocab_size)
-  results: dict = {"checkpoint": location.step_dir}
-  results.update(evaluator.evaluate_dataset(params, controller_state, eval_dataset, num_batches,
-                                            profile))
+  report = task_report.evaluate_tasks(
+      evaluator, params, controller_state, eval_dataset, num_batches=num_batches,
+      speed_batches=speed_batches, speed_repeats=speed_repeats, inference=inference,
+      profile=profile, log=lambda line: logging.getLogger("mrt5_jax").info("%s", line))
+  results: dict = {"checkpoint": location.step_dir, "step": location.step,
+                   "mixture_or_task_name": eval_dataset.mixture_or_task_name,
+                   "split": eval_dataset.split}
+  results.update(report.pop("all"))
+  results.update(report)
   results["most_deleted"] = describe_profile(profile.as_dict())
   if seqio_metrics:
     results["seqio"] = seqio_evaluate(config, jax.device_get(params), eval_dataset,
                                       num_examples=seqio_num_examples, inference=inference)
+    for row in results["tasks"]:
+      row["seqio"] = results["seqio"].get(row["task"], {})
+  if report_path is None:
+    report_path = os.path.join(model_dir, "eval", f"{eval_dataset.mixture_or_task_name}."
+                               f"{eval_dataset.split}.{location.step}.json")
+  if report_path and jax.process_index() == 0:
+    import tensorflow as tf
+    tf.io.gfile.makedirs(os.path.dirname(report_path) or ".")
+    with tf.io.gfile.GFile(report_path, "w") as f:
+      f.write(json.dumps(results, indent=2, sort_keys=True))
+  results["report_path"] = report_path or None
   return results

@@ -44,6 +44,7 @@ def _register_modules() -> None:
   import mrt5_jax.tasks  # noqa: F401
   import mrt5_jax.trainer  # noqa: F401
   import mrt5_jax.evaluation  # noqa: F401  (registers evaluate with gin)
+  import mrt5_jax.deletion_report  # noqa: F401  (registers inspect_deletion)
 
 
 def resolve_gin_file(name: str, extra_paths: Sequence[str] = ()) -> str:

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mrt5_jax import compaction
+from mrt5_jax import gate as gate_lib
 from mrt5_jax.network import EncoderOutput, StageOneOutput, Transformer
 
 MODES = ("bucketed", "capacity", "soft")
@@ -182,3 +183,27 @@ class EncodePath:
     reading, kept = self.read_gate(params, tokens, segment_ids, rng)
     return self.finish(params, reading, tokens, segment_ids, deletion="hard",
                        length=self.compacted_length(kept, length))
+
+
+def deletion_figures(out: EncoderOutput, encoder_input_tokens: jax.Array,
+                     threshold: float) -> dict[str, jax.Array]:
+  """Per-example deletion figures of an encoder output, each (B,) float32.
+
+  input_length: real (non-pad) input positions; kept_length: those not
+  deleted (``gate.deleted_positions``, the training metrics' definition);
+  deletion_rate: the deleted share; num_dropped: kept positions that did not
+  fit the compacted length (capacity mode; 0 otherwise).
+  """
+  real = encoder_input_tokens > 0
+  num_real = jnp.sum(real, axis=-1).astype(jnp.float32)
+  if out.gate is None:
+    num_deleted = jnp.zeros_like(num_real)
+  else:
+    deleted = gate_lib.deleted_positions(out.gate, real, threshold)
+    num_deleted = jnp.sum(deleted, axis=-1).astype(jnp.float32)
+  return {
+      "deletion_rate": gate_lib.deletion_rate(num_deleted, num_real),
+      "kept_length": num_real - num_deleted,
+      "input_length": num_real,
+      "num_dropped": jnp.broadcast_to(jnp.asarray(out.num_dropped, jnp.float32), num_real.shape),
+  }

@@ -84,8 +84,11 @@ class InferenceRunner:
 
   def generate(self, encoder_input_tokens, max_decode_length: int) -> jax.Array:
     """Greedy decoding (B, max_decode_length) int32 with the KV cache."""
+    return self.generate_from(self.encode(encoder_input_tokens), max_decode_length)
+
+  def generate_from(self, encoder_output: EncoderOutput, max_decode_length: int) -> jax.Array:
+    """Greedy decoding against an ``encode`` result (its deletion figures stay readable)."""
     if max_decode_length < 1:
       raise ValueError("max_decode_length must be positive")
-    out = self.encode(encoder_input_tokens)
-    return self._generate(self.params, out, max_decode_length=int(max_decode_length))
+    return self._generate(self.params, encoder_output, max_decode_length=int(max_decode_length))
 

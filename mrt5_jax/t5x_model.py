@@ -36,13 +36,12 @@ from t5x import metrics as t5x_metrics
 from t5x import models as t5x_models
 
 from mrt5_jax import controller as controller_lib
-from mrt5_jax import gate as gate_lib
 from mrt5_jax import network as network_lib
 from mrt5_jax import objective as objective_lib
 from mrt5_jax import train_step
 from mrt5_jax.config import MrT5Config
 from mrt5_jax.gate import GATE_SCORE_AXIS
-from mrt5_jax.hard_deletion import InferenceConfig, capacity_length
+from mrt5_jax.hard_deletion import InferenceConfig, capacity_length, deletion_figures
 
 INFERENCE_DELETIONS = ("hard", "soft")
 MICROBATCH_COLLECTION = train_step.MICROBATCH_COLLECTION
@@ -402,7 +401,8 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
 
     Same arguments and outputs as t5x's ``EncoderDecoderModel`` (whose code
     runs: cache set-up, prompt prefilling, ``decode_fn``); the aux dict adds
-    per-example ``deletion_rate``, ``kept_length`` and ``num_dropped``.
+    per-example ``deletion_rate``, ``kept_length``, ``input_length`` and
+    ``num_dropped`` (what ``seqio_evaluator.DeletionMetricsEvaluator`` reports).
     """
     out = self.encode(params, batch["encoder_input_tokens"], rng)
     against = copy.copy(self)
@@ -414,16 +414,5 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
     return decodes, {**aux, **self._deletion_aux(out, batch["encoder_input_tokens"])}
 
   def _deletion_aux(self, out: network_lib.EncoderOutput, encoder_input_tokens) -> dict:
-    """Per-example deletion figures of a prediction batch."""
-    real = objective_lib.real_encoder_mask(encoder_input_tokens)
-    if out.gate is None:
-      num_deleted = jnp.zeros(real.shape[:1], jnp.float32)
-    else:
-      deleted = gate_lib.deleted_positions(out.gate, real, self.config.deletion_threshold)
-      num_deleted = jnp.sum(deleted, axis=-1).astype(jnp.float32)
-    num_real = jnp.sum(real, axis=-1).astype(jnp.float32)
-    return {
-        "deletion_rate": gate_lib.deletion_rate(num_deleted, num_real),
-        "kept_length": num_real - num_deleted,
-        "num_dropped": out.num_dropped,
-    }
+    """Per-example deletion figures of a prediction batch (``hard_deletion.deletion_figures``)."""
+    return deletion_figures(out, encoder_input_tokens, self.config.deletion_threshold)

@@ -5,7 +5,8 @@ Span corruption (ByteVocabulary, sentinels 258, 257, ...):
   mrt5.span_corruption.mc4.multilingual15   mixture, uniform over the 15
   mrt5.span_corruption.mc4.english          mixture, English only
   mrt5.span_corruption.text         files bound with gin (default: sample corpus)
-  mrt5.span_corruption.sample       the shipped sample corpus
+  mrt5.span_corruption.sample       the shipped sample corpus (15 languages, one stream)
+  mrt5.span_corruption.sample.<lang>  one language of it; mixture ...sample.multilingual15
 Diagnostics (generated, splits train/validation/test):
   mrt5.diagnostic.{copy,vowel_removal,contextual_vowel_removal,merge_abc}
 Downstream tasks of the paper (TFDS data prepared with `tfds build`):
@@ -42,6 +43,7 @@ from . import qa_metrics
 from . import character_tasks
 from .mc4 import mc4_version
 from .text_files import SAMPLE_TASK
+from .text_files import SAMPLE_MIXTURE
 from .text_files import TEXT_TASK
 from .diagnostic import diagnostic_config
 from .diagnostic import diagnostic_feature_lengths

@@ -103,6 +103,9 @@ def span_corruption(dataset: tf.data.Dataset,
                     merge_documents: bool = True) -> tf.data.Dataset:
   """seqio preprocessor: tokenized {"targets"} documents -> corrupted pairs.
 
+  With a ByteVocabulary the examples also carry ``inputs_pretokenized``, the
+  corrupted input as text (``render_with_sentinels``).
+
   Follow with ``seqio.preprocessors.append_eos_after_trim``; the inputs then
   fill the encoder length exactly (the last chunk of a stream may be shorter).
 
@@ -137,5 +140,26 @@ def span_corruption(dataset: tf.data.Dataset,
   if merge_documents:
     dataset = chunks.concat_documents(dataset, feature_key="targets")
   dataset = chunks.split_into_chunks(dataset, raw_length, feature_key="targets")
-  return corrupt_chunks(dataset, config.noise_density,
-                        config.mean_noise_span_length, first_sentinel)
+  dataset = corrupt_chunks(dataset, config.noise_density,
+                           config.mean_noise_span_length, first_sentinel)
+  if not isinstance(vocabulary, seqio.ByteVocabulary):
+    return dataset
+  return dataset.map(
+      lambda x: {**x, "inputs_pretokenized": render_with_sentinels(
+          x["inputs"], first_sentinel, num_spans)},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def render_with_sentinels(ids: tf.Tensor, first_sentinel: int,
+                          num_sentinels: int) -> tf.Tensor:
+  """Readable text of span-corrupted byte ids (what t5x.infer writes as the inputs).
+
+  Byte ids (byte + 3) become their bytes, with UTF-8 sequences that a chunk
+  boundary cut replaced by U+FFFD; sentinel ``first_sentinel - k`` becomes
+  ``<extra_id_k>``; EOS and padding become nothing.
+  """
+  table = [b""] * 3 + [bytes([b]) for b in range(first_sentinel - 2)]
+  for k in range(min(num_sentinels, first_sentinel - 2)):
+    table[first_sentinel - k] = f"<extra_id_{k}>".encode()
+  text = tf.strings.reduce_join(tf.gather(tf.constant(table), ids))
+  return tf.strings.unicode_transcode(text, "UTF-8", "UTF-8", errors="replace")

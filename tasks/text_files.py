@@ -7,7 +7,10 @@
 
 With neither bound it reads the sample corpus shipped in ``tasks/data``
 (short original paragraphs in the 15 languages of the paper), which
-``mrt5.span_corruption.sample`` always reads. Each line is a document; its
+``mrt5.span_corruption.sample`` always reads (all languages in one stream).
+``mrt5.span_corruption.sample.<lang>`` reads one language, and the mixture
+``mrt5.span_corruption.sample.multilingual15`` groups the 15, so that
+evaluation reports the sample corpus per language. Each line is a document; its
 newline is kept, so the byte stream is the file's.
 """
 from __future__ import annotations
@@ -20,23 +23,31 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from . import mc4
 from . import metrics
 from . import registration
 
 TEXT_TASK = "mrt5.span_corruption.text"
 SAMPLE_TASK = "mrt5.span_corruption.sample"
+SAMPLE_LANGUAGES = mc4.LANGUAGES
+SAMPLE_MIXTURE = f"{SAMPLE_TASK}.multilingual15"
 SPLITS = ("train", "validation")
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 Patterns = Union[str, Sequence[str]]
 
 
-def sample_corpus_files(split: str) -> Sequence[str]:
-  """Glob of the shipped sample corpus for ``split`` ('train'/'validation')."""
+def sample_corpus_files(split: str, language: str = "*") -> Sequence[str]:
+  """Glob of the shipped sample corpus for ``split`` ('train'/'validation'),
+  all languages or one."""
   if split not in SPLITS:
     raise ValueError(f"sample corpus split must be one of {SPLITS}, got "
                      f"{split!r}")
-  return (os.path.join(DATA_DIR, f"sample-*-{split}.txt"),)
+  return (os.path.join(DATA_DIR, f"sample-{language}-{split}.txt"),)
+
+
+def sample_task_name(language: str) -> str:
+  return f"{SAMPLE_TASK}.{language}"
 
 
 def _as_tuple(patterns: Patterns) -> Sequence[str]:
@@ -129,6 +140,17 @@ def _register():
       preprocessors=registration.span_corruption_preprocessors("text"),
       output_features=registration.OUTPUT_FEATURES,
       metric_fns=list(metrics.SPAN_CORRUPTION_METRICS))
+  for language in SAMPLE_LANGUAGES:
+    registration.add_task(
+        sample_task_name(language),
+        source=TextFilesDataSource(
+            lambda language=language: {split: sample_corpus_files(split, language)
+                                       for split in SPLITS}),
+        preprocessors=registration.span_corruption_preprocessors("text"),
+        output_features=registration.OUTPUT_FEATURES,
+        metric_fns=list(metrics.SPAN_CORRUPTION_METRICS))
+  registration.add_mixture(SAMPLE_MIXTURE,
+                           [(sample_task_name(lang), 1.0) for lang in SAMPLE_LANGUAGES])
 
 
 _register()

@@ -53,18 +53,62 @@ def test_rerunning_a_finished_run_reports_its_summary_again(trained):
   assert "step 1/20" not in out.stdout
 
 
-def test_eval_cli_reads_the_trained_dir(trained):
+def test_eval_cli_reads_the_trained_dir(trained, tmp_path):
   model_dir, _ = trained
+  report_path = tmp_path / "report.json"
   out = _run("mrt5_jax.cli.evaluate", "--gin_file=runs/local.gin", f"--gin.MODEL_DIR={model_dir}",
              "--gin.BATCH_SIZE=8", "--gin.evaluate.num_batches=1",
-             "--gin.evaluate.seqio_metrics=True", "--gin.evaluate.seqio_num_examples=8")
+             "--gin.evaluate.seqio_metrics=True", "--gin.evaluate.seqio_num_examples=8",
+             "--gin.evaluate.speed_repeats=1", f"--gin.evaluate.report_path='{report_path}'")
   assert out.returncode == 0, out.stderr[-3000:]
-  results = json.loads(out.stdout[out.stdout.index("{"):])
+  lines = out.stdout.splitlines()
+  header = next(i for i, line in enumerate(lines) if line.startswith("task "))
+  assert "CE hard" in lines[header] and "enc speedup" in lines[header]
+  assert "sequence_accuracy" in lines[header]
+  assert lines[header + 2].startswith("mrt5.diagnostic.vowel_removal")
+  assert f"report: {report_path}" in out.stdout
+  results = json.loads(report_path.read_text())
   assert results["checkpoint"].endswith(os.path.join("checkpoints", "20"))
   for mode in ("soft", "hard"):
     assert 0.0 <= results[mode]["deletion_rate"] <= 1.0
     assert results[mode]["cross_entropy_per_token"] > 0
+  (row,) = results["tasks"]
+  assert row["task"] == "mrt5.diagnostic.vowel_removal" and row["examples"] == 8
+  assert row["speed"]["encoder_hard_ms_per_example"] > 0
+  assert "sequence_accuracy" in row["seqio"] and "deletion/rate" in row["seqio"]
   assert "sequence_accuracy" in results["seqio"]["mrt5.diagnostic.vowel_removal"]
+
+
+def test_inspect_cli_marks_the_eval_dataset(trained, tmp_path):
+  model_dir, _ = trained
+  html_path = tmp_path / "deletion.html"
+  out = _run("mrt5_jax.cli.inspect", "--gin_file=runs/local.gin", f"--gin.MODEL_DIR={model_dir}",
+             "--gin.inspect_deletion.num_examples=4",
+             f"--gin.inspect_deletion.html_path='{html_path}'")
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "legend: [deleted]  {partly deleted}  kept" in out.stdout  # not a terminal: no colours
+  assert "\x1b[" not in out.stdout
+  assert f"report: {html_path}" in out.stdout
+  page = html_path.read_text(encoding="utf-8")
+  assert page.count('src="data:image/png;base64,') == 3
+  assert "mrt5.diagnostic.vowel_removal (validation)" in page
+
+
+def test_inspect_texts_in_process(trained, tmp_path):
+  import gin
+  from mrt5_jax import deletion_report
+  model_dir, _ = trained
+  gin.clear_config()
+  result = deletion_report.inspect_deletion(
+      model_dir=str(model_dir), texts=["#bcdeaiou", "Καλημέρα"], max_length=16,
+      html_path=str(tmp_path / "t.html"))
+  assert [s.label for s in result["samples"]] == ["text", "text"]
+  assert len(result["samples"][0].tokens) == 10 and len(result["samples"][1].tokens) == 16
+  assert result["summary"]["samples"] == 2
+  with pytest.raises(ValueError, match="nothing to inspect"):
+    deletion_report.inspect_deletion(model_dir=str(model_dir))
+  with pytest.raises(FileNotFoundError, match="no file matches"):
+    deletion_report.inspect_deletion(model_dir=str(model_dir), files=[str(tmp_path / "*.none")])
 
 
 def test_unknown_binding_exits_with_a_clear_message(tmp_path):

@@ -194,3 +194,22 @@ def test_deletion_recipes_shipped_and_published():
   gin_utils.parse(["runs/mrt5_small_continued_pretraining.gin"],
                   ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/c'"])
   assert ctl.ControllerConfig().kind == "pi"  # the paper's exact recipe
+
+
+def _value(name):
+  value = gin.query_parameter(name)
+  return value.scoped_configurable_fn() if hasattr(value, "scoped_configurable_fn") else value
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
+def test_run_files_wire_mrt5_eval_and_mrt5_inspect(path):
+  files = [os.path.relpath(path, CONFIGS)]
+  if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
+    files.insert(0, "models/mrt5_small.gin")
+  gin_utils.parse(files, REQUIRED + ["EVAL_MIXTURE_OR_TASK_NAME = 'mrt5.xnli.zeroshot15'"])
+  assert _value("inspect_deletion.model_dir") == "/tmp/x"
+  assert _value("evaluate.model_dir") == "/tmp/x"
+  from mrt5_jax import data
+  with gin.config_scope("eval"):
+    assert data.DatasetConfig().mixture_or_task_name == "mrt5.xnli.zeroshot15"
+  assert gin.query_parameter("evaluate.speed_batches") >= 1

@@ -34,6 +34,12 @@ def maybe(name):
   except ValueError:
     return None
 
+def selector(name):
+  try:
+    return gin.query_parameter(name).selector
+  except ValueError:
+    return None
+
 model = value('%MODEL')
 lengths = dict(value('%TASK_FEATURE_LENGTHS'))
 shapes = jax.eval_shape(lambda rng: model.get_initial_variables(
@@ -59,6 +65,11 @@ print(json.dumps({
     'fallback_to_scratch': maybe('t5x.utils.RestoreCheckpointConfig.fallback_to_scratch'),
     'train_steps': maybe('%TRAIN_STEPS'),
     'batch_size': maybe('%BATCH_SIZE'),
+    'evaluator': selector('evaluate.inference_evaluator_cls')
+                 or selector('train.inference_evaluator_cls'),
+    'evaluator_num_examples': maybe('DeletionMetricsEvaluator.num_examples'),
+    'write_fn': selector('infer.write_fn'),
+    'infer_input_fields': maybe('write_inferences_to_file.input_fields_to_include'),
 }))
 """
 
@@ -133,6 +144,21 @@ def test_memory_macros_reach_the_network():
   assert run["num_params"] == default["num_params"]  # the same weights, stacked
 
 
+@pytest.mark.parametrize("gin_file, num_examples", [
+    ("t5x/mrt5_small_eval.gin", 1024), ("t5x/mrt5_tiny_eval.gin", 32)])
+def test_eval_files_report_deletion_on_a_bounded_number_of_examples(gin_file, num_examples):
+  run = _probe("eval", [gin_file], "CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'")
+  assert run["evaluator"] == "seqio_evaluator.DeletionMetricsEvaluator"
+  assert run["evaluator_num_examples"] == num_examples
+
+
+def test_infer_file_writes_the_inputs():
+  run = _probe("infer", ["t5x/mrt5_tiny_infer.gin"], "CHECKPOINT_PATH='/c'",
+               "INFER_OUTPUT_DIR='/o'")
+  assert run["write_fn"] == "infer_script.write_inferences_to_file"
+  assert run["infer_input_fields"] == ["inputs", "targets"]
+
+
 def test_finetune_file_restores_an_mrt5_checkpoint_with_a_fresh_optimizer():
   run = _probe("train", ["t5x/mrt5_small.gin", "t5x/mrt5_finetune.gin"],
                "MODEL_DIR='/m'", "INITIAL_CHECKPOINT_PATH='/c'", "TRAIN_STEPS=100",
@@ -141,6 +167,7 @@ def test_finetune_file_restores_an_mrt5_checkpoint_with_a_fresh_optimizer():
   assert run["optimizer"] == "Adafactor"
   assert run["fallback_to_scratch"] is True
   assert run["assignment_map"] == [["state/param_states/.*", None], ["state/step", None]]
+  assert run["evaluator"] == "seqio_evaluator.DeletionMetricsEvaluator"
 
 
 # Parses a downstream fine-tuning file as t5x.train does and prints what the

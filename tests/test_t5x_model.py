@@ -303,6 +303,7 @@ def test_hard_deletion_predict_and_score_agree_with_soft_when_the_gate_is_decisi
                              deleted.sum(-1) / real.sum(-1), rtol=1e-6)
   np.testing.assert_array_equal(np.asarray(hard_aux["kept_length"]),
                                 (real & ~deleted).sum(-1))
+  np.testing.assert_array_equal(np.asarray(hard_aux["input_length"]), real.sum(-1))
   np.testing.assert_allclose(np.asarray(jax.jit(hard.score_batch)(params, batch)),
                              np.asarray(jax.jit(soft.score_batch)(params, batch)),
                              rtol=1e-4, atol=1e-4)

@@ -124,8 +124,13 @@ def test_t5x_eval_and_infer_report_results(runs):
   assert metrics["step"] == 30
   assert 0.0 <= metrics["sequence_accuracy"] <= 100.0
   assert metrics["log_likelihood"] < 0.0
+  assert 0.0 <= metrics["deletion/rate"] <= 1.0
+  assert 0.0 < metrics["deletion/kept_length"] <= metrics["deletion/input_length"] <= 64
+  assert metrics["deletion/dropped_positions"] >= 0
 
-  _t5x("infer", "t5x/mrt5_tiny_infer.gin", CHECKPOINT_PATH=checkpoint, INFER_OUTPUT_DIR=infer_dir)
+  # the seed of t5x.eval's dataset (span corruption draws its noise from it)
+  _t5x("infer", "t5x/mrt5_tiny_infer.gin", CHECKPOINT_PATH=checkpoint, INFER_OUTPUT_DIR=infer_dir,
+       **{"utils.DatasetConfig.seed": 42})
   (outputs,) = glob.glob(os.path.join(infer_dir, "*predict_with_aux.jsonl-00000-of-00001"))
   with open(outputs) as f:
     rows = [json.loads(line) for line in f]
@@ -135,6 +140,16 @@ def test_t5x_eval_and_infer_report_results(runs):
     assert 0.0 <= row["aux"]["deletion_rate"] <= 1.0
     assert row["aux"]["num_dropped"] == 0
     assert row["aux"]["scores"] < 0.0
+    inputs = row["inputs"]
+    assert len(inputs["inputs"]) == 64 and inputs["inputs"][-1] in (0, 1)
+    assert row["aux"]["input_length"] == sum(1 for t in inputs["inputs"] if t > 0)
+    assert "<extra_id_0>" in inputs["inputs_pretokenized"]
+    assert isinstance(inputs["targets"], list)
+  # the deletion figures of t5x.eval are the mean of the predictions' aux (same examples)
+  evaluated = rows[:32]
+  kept = sum(r["aux"]["kept_length"] for r in evaluated)
+  real = sum(r["aux"]["input_length"] for r in evaluated)
+  assert metrics["deletion/rate"] == pytest.approx(1 - kept / real, abs=1e-6)
 
 
 def test_conversion_takes_the_gate_settings_from_the_runs_config_gin(runs, tmp_path, capsys):

@@ -109,3 +109,25 @@ def test_missing_files_and_unset_split_raise(tmp_path):
     task.get_dataset(LENGTHS, split="train")
   with pytest.raises(ValueError, match="text_files.validation"):
     task.get_dataset(LENGTHS, split="validation")
+
+
+@pytest.mark.parametrize("split", ["train", "validation"])
+def test_per_language_sample_tasks_split_the_sample_corpus(split):
+  mixture = seqio.get_mixture_or_task(text_files.SAMPLE_MIXTURE)
+  names = sorted(task.name for task in seqio.get_subtasks(mixture))
+  assert names == sorted(f"mrt5.span_corruption.sample.{lang}" for lang in LANGUAGES)
+
+  def lines(task_name):
+    source = seqio.get_mixture_or_task(task_name).source
+    ds = source.get_dataset(split=split, shuffle=False)
+    return [x["text"].decode("utf-8") for x in ds.as_numpy_iterator()]
+
+  every = []
+  for language in LANGUAGES:
+    path = os.path.join(text_files.DATA_DIR, f"sample-{language}-{split}.txt")
+    with open(path, encoding="utf-8") as f:
+      expected = f.read().splitlines(keepends=True)
+    got = lines(f"mrt5.span_corruption.sample.{language}")
+    assert got == expected, language
+    every += got
+  assert sorted(every) == sorted(lines(text_files.SAMPLE_TASK))
