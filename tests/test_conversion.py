@@ -451,13 +451,16 @@ def test_scanned_checkpoint_converts_to_pytorch_and_back(tmp_path, gated_params)
 def test_scanned_t5x_checkpoint_gives_its_gate_layer(tmp_path, gated_params):
   from mrt5_jax import layer_stacking
   scanned = layer_stacking.stack_layers(gated_params, 2)
-  config = configs.infer_config(scanned, use_softmax1=True)
+  config = configs.infer_config(scanned, use_softmax1=True,
+                                sigmoid_mask_scale=GATED.sigmoid_mask_scale)
   assert config.delete_gate_layer == 2 and config.scan_layers
   assert config.num_encoder_layers == GATED.num_encoder_layers
   with pytest.raises(ValueError, match="contradicts the scanned tree"):
-    configs.infer_config(scanned, delete_gate_layer=3)
+    configs.infer_config(scanned, delete_gate_layer=3, use_softmax1=True,
+                         sigmoid_mask_scale=GATED.sigmoid_mask_scale)
   write_t5x(str(tmp_path / "t5x"), scanned, step=10)
-  convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), use_softmax1=True)
+  convert.to_pytorch(str(tmp_path / "t5x"), str(tmp_path / "hf"), use_softmax1=True,
+                     sigmoid_mask_scale=GATED.sigmoid_mask_scale)
   hf = json.load(open(tmp_path / "hf" / "config.json"))
   assert hf["delete_gate_layer"] == 2
   want = mapping.jax_to_hf_state_dict(gated_params, GATED)
