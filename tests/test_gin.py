@@ -43,14 +43,20 @@ def test_model_files_parse_and_build(path):
   assert config.has_gate == os.path.basename(path).startswith("mrt5")
 
 
-@pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
-def test_run_files_parse(path):
+def _with_prerequisites(path):
+  """The gin files to parse for a run file: a model file first where it needs one; a
+  deletion recipe fragment after a run file."""
   files = [os.path.relpath(path, CONFIGS)]
   if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
     files.insert(0, "models/mrt5_small.gin")
-  if os.path.basename(path).startswith("deletion_"):  # recipe fragments go after a run file
+  if os.path.basename(path).startswith("deletion_"):
     files.insert(0, "runs/local.gin")
-  gin_utils.parse(files, REQUIRED)
+  return files
+
+
+@pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
+def test_run_files_parse(path):
+  gin_utils.parse(_with_prerequisites(path), REQUIRED)
   assert gin.query_parameter("train.train_steps") is not None
   config_lib.MrT5Config()  # the model bindings make a valid config
 
@@ -203,10 +209,7 @@ def _value(name):
 
 @pytest.mark.parametrize("path", RUN_FILES, ids=os.path.basename)
 def test_run_files_wire_mrt5_eval_and_mrt5_inspect(path):
-  files = [os.path.relpath(path, CONFIGS)]
-  if os.path.basename(path) in ("pretrain.gin", "finetune.gin"):
-    files.insert(0, "models/mrt5_small.gin")
-  gin_utils.parse(files, REQUIRED + ["EVAL_MIXTURE_OR_TASK_NAME = 'mrt5.xnli.zeroshot15'"])
+  gin_utils.parse(_with_prerequisites(path), REQUIRED + ["EVAL_MIXTURE_OR_TASK_NAME = 'mrt5.xnli.zeroshot15'"])
   assert _value("inspect_deletion.model_dir") == "/tmp/x"
   assert _value("evaluate.model_dir") == "/tmp/x"
   from mrt5_jax import data
