@@ -82,7 +82,10 @@ def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str]):
   from mrt5_jax import trainer
   gin.clear_config()
   gin_utils.parse([run_file, *gin_files], list(bindings))
-  return trainer.train()
+  try:
+    return trainer.train()
+  finally:
+    gin.clear_config()
 
 
 def _row(task: str, recipe: str, target: float, result, wall: float) -> StudyRow:

@@ -9,6 +9,14 @@ import pytest
 from tests.fixtures import as_tuple, model_config, small_batch
 
 
+@pytest.fixture(autouse=True)
+def _no_gin_bindings_leak():
+  """A test that parses gin leaves nothing bound for the next test on its worker."""
+  import gin
+  yield
+  gin.clear_config()
+
+
 @pytest.fixture(scope="session")
 def tiny_config():
   return model_config("preset")
