@@ -197,6 +197,15 @@ class MrT5Config:
     return self.deletion_type in DELETE_GATES
 
   @property
+  def length_reduction_target(self) -> Optional[float]:
+    """The pooling baselines' expected length reduction (BP: 1 - prior, CP: 1 - 1/rate)."""
+    if self.deletion_type == "boundary":
+      return 1.0 - self.bp_prior
+    if self.deletion_type == "conv":
+      return 1.0 - 1.0 / self.cp_rate
+    return None
+
+  @property
   def has_hard_mode(self) -> bool:
     """Hard shortening differs from soft: a delete gate or BP (CP's length is fixed)."""
     return self.has_gate and self.deletion_type != "conv"

@@ -301,7 +301,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
       profile=profile, log=lambda line: logging.getLogger("mrt5_jax").info("%s", line))
   results: dict = {"checkpoint": location.step_dir, "step": location.step,
                    "mixture_or_task_name": eval_dataset.mixture_or_task_name,
-                   "split": eval_dataset.split}
+                   "split": eval_dataset.split, "deletion_type": config.deletion_type}
   results.update(report.pop("all"))
   results.update(report)
   results["most_deleted"] = describe_profile(profile.as_dict())

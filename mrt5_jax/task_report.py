@@ -36,6 +36,7 @@ from mrt5_jax import benchmarking
 from mrt5_jax import data as data_lib
 from mrt5_jax import evaluation
 from mrt5_jax import objective as objective_lib
+from mrt5_jax.config import POOLING_TYPES
 from mrt5_jax.hard_deletion import InferenceConfig
 from mrt5_jax.inference import InferenceRunner
 
@@ -254,6 +255,11 @@ _COLUMNS = (
 )
 
 
+# The pooling baselines (BP, CP) shorten by pooling: their "deletion rate" is
+# the sequence-length reduction 1 - slots / real length.
+POOLING_TITLES = {"deleted": "len reduction", "kept/len": "slots/len"}
+
+
 def _cell(row: Mapping[str, Any], key, fmt: Optional[str]) -> str:
   if key is None:
     return f"{row['kept_length']:.1f}/{row['real_length']:.1f}"
@@ -295,7 +301,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                  "kept_length": hard["kept_length"], "real_length": hard["real_length"],
                  "speed": overall["speed"], "seqio": {}})
   seqio_names = _seqio_names(rows)
-  header = [title for title, _, _ in _COLUMNS] + seqio_names
+  titles = POOLING_TITLES if report.get("deletion_type") in POOLING_TYPES else {}
+  header = [titles.get(title, title) for title, _, _ in _COLUMNS] + seqio_names
   table = [header]
   for row in rows:
     cells = [_cell(row, key, fmt) for _, key, fmt in _COLUMNS]
