@@ -156,7 +156,11 @@ class SpeedMeter:
         lambda: self.hard.score(tokens, dec_in, targets), repeats)
     rows = tokens.shape[0]
     kept = compacted if self.config.has_gate else None
-    enc_full = benchmarking.encoder_flops(self.config, length)
+    # the pooling baselines' "full" program is their soft one: BP at its
+    # training capacity, CP at its one length (never the input length)
+    full_length = self.full.encode(tokens).compacted_length if self.config.is_pooling else length
+    enc_full = benchmarking.encoder_flops(
+        self.config, length, full_length if self.config.is_pooling else None)
     enc_hard = benchmarking.encoder_flops(self.config, length, kept)
     return Speed(
         examples=examples, batches=1,
@@ -166,7 +170,7 @@ class SpeedMeter:
         forward_ratios=[f / h for f, h in zip(*forward)],
         encoder_flops_full=rows * enc_full, encoder_flops_hard=rows * enc_hard,
         forward_flops_full=rows * (enc_full + benchmarking.decoder_flops(
-            self.config, target_length, length)),
+            self.config, target_length, full_length)),
         forward_flops_hard=rows * (enc_hard + benchmarking.decoder_flops(
             self.config, target_length, compacted)),
         compacted_lengths=[int(compacted)])
