@@ -59,11 +59,12 @@ T5X_METRIC_NAMES = {
 
 
 def adafactor_logical_factor_rules():
-  """t5x's Adafactor factor rules plus the gate's one-wide score axis and CP's
-  kernel-window axis (never factored)."""
+  """t5x's Adafactor factor rules plus the gate's one-wide score axis (never
+  factored) and CP's kernel-window axis (batch-like: each window's
+  (embed, mlp) matrix is factored on its own)."""
   rules = dict(t5x_adafactor.standard_logical_factor_rules())
   rules[GATE_SCORE_AXIS] = t5x_adafactor.FactorDim.NONE
-  rules[POOL_WINDOW_AXIS] = t5x_adafactor.FactorDim.NONE
+  rules[POOL_WINDOW_AXIS] = t5x_adafactor.FactorDim.BATCH
   return flax.core.freeze(rules)
 
 
