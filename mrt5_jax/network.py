@@ -147,6 +147,10 @@ DECODER_LAYER_STATIC = (6, 7, 8)
 class Encoder(nn.Module):
   """Layers before the gate at full length, the gate, then the rest (soft or compacted).
 
+  The pooling baselines (``config.is_pooling``) put ``boundary_predictor``
+  (BP) or ``conv_pool`` (CP, ``mrt5_jax.shortening``) where the gate sits and
+  run the rest on their pooled slots.
+
   The layers are ``layers_{i}`` submodules, or with ``scan_layers`` two
   scanned stacks: ``stage_one_layers`` ([0, gate)) and ``stage_two_layers``
   ([gate, N)). ``apply_layers`` is the one place either stage runs.
