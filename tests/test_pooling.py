@@ -321,3 +321,36 @@ def test_pooling_configs_are_validated():
   config = model_config("network", deletion_type="conv")
   assert config.has_gate and config.is_pooling and not config.has_delete_gate
   assert not config.has_hard_mode
+
+
+def test_conversion_refuses_the_pooling_baselines_by_config_and_by_tree():
+  from mrt5_jax.conversion import configs as conversion_configs
+  from mrt5_jax.conversion import mapping
+  for kind, subtree, name in (("boundary", "boundary_predictor", "BP"),
+                              ("conv", "conv_pool", "CP")):
+    config = model_config("network", deletion_type=kind)
+    with pytest.raises(conversion_configs.NotConvertibleError, match=name):
+      conversion_configs.to_hf_config(config)
+    _, params = init_params(config, byte_batch(batch=1, length=8))
+    assert subtree in params["encoder"]
+    with pytest.raises(conversion_configs.NotConvertibleError, match="do not convert"):
+      conversion_configs.check_convertible(params=params)
+    with pytest.raises(conversion_configs.NotConvertibleError):
+      mapping.jax_to_hf_state_dict(params, config)
+  conversion_configs.check_convertible(model_config("network"))  # MrT5 converts
+
+
+def test_scanned_layers_run_the_pooling_baselines_like_the_plain_ones():
+  from mrt5_jax import layer_stacking
+  from mrt5_jax.network import Transformer
+  batch = byte_batch(batch=2, length=24, pad_from=(None, 13))
+  args = [jnp.asarray(batch[k]) for k in ("encoder_input_tokens", "decoder_input_tokens",
+                                          "decoder_target_tokens")]
+  for kind in ("boundary", "conv"):
+    config = model_config("network", deletion_type=kind)
+    module, params = init_params(config, batch)
+    stacked = layer_stacking.stack_layers(params, config.gate_layer)
+    plain = module.apply({"params": params}, *args, enable_dropout=False, deletion="hard")
+    scanned = Transformer(config.replace(scan_layers=True)).apply(
+        {"params": stacked}, *args, enable_dropout=False, deletion="hard")
+    np.testing.assert_allclose(np.asarray(scanned), np.asarray(plain), rtol=1e-5, atol=1e-5)
