@@ -77,8 +77,12 @@ class MrT5Config:
   ``delete_gate_layer`` (the one layer-placement knob). BP: ``bp_temperature``
   and ``bp_prior`` (relaxed Bernoulli and binomial prior, published 0.5 and
   0.2); ``bp_capacity_fraction`` sets the static number of segment slots in
-  training (segments past it are dropped and counted). CP: ``cp_rate``
-  positions per pooled slot (published 4).
+  training (segments past it are dropped and counted);
+  ``bp_sample_at_inference`` draws the boundaries outside training too (a
+  relaxed-Bernoulli sample thresholded at 0.5, i.e. boundary ~ Bernoulli(p),
+  as the published code does at evaluation; from the ``deletion`` rng, else a
+  fixed key), where the default takes the probabilities above 0.5. CP:
+  ``cp_rate`` positions per pooled slot (published 4).
   ``deletion_threshold`` None means ``sigmoid_mask_scale / 2`` (log-sigmoid:
   -5, as the published loader). ``use_gumbel_noise`` adds Gumbel noise to the
   gate logits in training (needs the ``gate_noise`` rng).
@@ -128,6 +132,7 @@ class MrT5Config:
   bp_temperature: float = 0.5
   bp_prior: float = 0.2
   bp_capacity_fraction: float = 0.5
+  bp_sample_at_inference: bool = False
   cp_rate: int = 4
 
   remat_policy: str = "none"

@@ -26,6 +26,8 @@ from mrt5_jax.config import MrT5Config
 from mrt5_jax.gate import DeleteGate
 
 DELETION_MODES = ("soft", "hard")
+# BP's fixed key when it samples boundaries outside training without a 'deletion' rng.
+BP_INFERENCE_SEED = 0
 
 
 @flax.struct.dataclass
@@ -238,7 +240,12 @@ class Encoder(nn.Module):
                                  cfg.sigmoid_mask_scale)
       return StageOneOutput(hidden=x, gate=marks, gate_logits=marks)
     logits = self.boundary_predictor(x)
-    rng = None if deterministic else self.make_rng("gate_noise")
+    rng = None
+    if not deterministic:
+      rng = self.make_rng("gate_noise")
+    elif cfg.bp_sample_at_inference:
+      rng = (self.make_rng("deletion") if self.has_rng("deletion")
+             else jax.random.PRNGKey(BP_INFERENCE_SEED))
     chosen = shortening.boundaries(logits, real, segment_ids, config=cfg, rng=rng)
     marks = shortening.markers(jax.lax.stop_gradient(chosen), real, cfg.sigmoid_mask_scale)
     return StageOneOutput(hidden=x, gate=marks, gate_logits=logits, boundaries=chosen)

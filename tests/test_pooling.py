@@ -354,3 +354,25 @@ def test_scanned_layers_run_the_pooling_baselines_like_the_plain_ones():
     scanned = Transformer(config.replace(scan_layers=True)).apply(
         {"params": stacked}, *args, enable_dropout=False, deletion="hard")
     np.testing.assert_allclose(np.asarray(scanned), np.asarray(plain), rtol=1e-5, atol=1e-5)
+
+
+def test_bp_inference_thresholds_the_probabilities_or_samples_them():
+  """With every boundary probability at 0.2, thresholding keeps only the forced
+  last boundary; sampling (the published evaluation) keeps about 20%."""
+  config = model_config("network", deletion_type="boundary")
+  batch = byte_batch(batch=4, length=64, pad_from=(None,))
+  module, params = init_params(config, batch)
+  score = params["encoder"]["boundary_predictor"]["score"]
+  score["kernel"] = jnp.zeros_like(score["kernel"])
+  score["bias"] = jnp.full_like(score["bias"], math.log(0.2 / 0.8))
+  tokens = jnp.asarray(batch["encoder_input_tokens"])
+  for sample, low, high in ((False, 1, 1), (True, 0.2 * 64 - 12, 0.2 * 64 + 12)):
+    m = type(module)(config.replace(bp_sample_at_inference=sample))
+    reading = m.apply({"params": params}, tokens, None, False, method=m.encode_stage_one)
+    counts = np.asarray(reading.boundaries).sum(axis=1)
+    assert np.all(counts >= low) and np.all(counts <= high), counts
+    if sample:
+      assert 0.15 < counts.mean() / 64 < 0.25
+      other = m.apply({"params": params}, tokens, None, False, method=m.encode_stage_one,
+                      rngs={"deletion": jax.random.PRNGKey(7)})
+      assert not np.array_equal(np.asarray(other.boundaries), np.asarray(reading.boundaries))
