@@ -15,8 +15,12 @@ from typing import Any, Optional
 
 import gin
 
-DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "none")
+DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "boundary", "conv", "none")
 LEARNED_GATES = ("scaled_sigmoid", "log_sigmoid")
+DELETE_GATES = LEARNED_GATES + ("random", "fixed")
+# Shortening baselines that pool the sequence instead of deleting from it
+# (``mrt5_jax.pooling``): a boundary predictor and a strided convolution.
+POOLING_TYPES = ("boundary", "conv")
 # The published code's loader uses this threshold for the log-sigmoid gate.
 LOG_SIGMOID_THRESHOLD = -5.0
 
@@ -66,7 +70,19 @@ class MrT5Config:
   projection). Gate fields follow the published MrT5 config so that converted
   checkpoints carry the same keys. ``deletion_type``: ``scaled_sigmoid``
   (MrT5, G = k sigmoid(-logit)), ``log_sigmoid`` (G = log sigmoid(logit)),
-  the ``random`` and ``fixed`` baselines, or ``none`` (ByT5).
+  the ``random`` and ``fixed`` baselines, the pooling baselines ``boundary``
+  (BP: a boundary predictor and segment mean-pooling, Nawrot et al. 2023) and
+  ``conv`` (CP: a CANINE-style strided convolution), or ``none`` (ByT5).
+  Every type but ``none`` shortens the encoder at the input of layer
+  ``delete_gate_layer`` (the one layer-placement knob). BP: ``bp_temperature``
+  and ``bp_prior`` (relaxed Bernoulli and binomial prior, published 0.5 and
+  0.2); ``bp_capacity_fraction`` sets the static number of segment slots in
+  training (segments past it are dropped and counted);
+  ``bp_sample_at_inference`` draws the boundaries outside training too (a
+  relaxed-Bernoulli sample thresholded at 0.5, i.e. boundary ~ Bernoulli(p),
+  as the published code does at evaluation; from the ``deletion`` rng, else a
+  fixed key), where the default takes the probabilities above 0.5. CP:
+  ``cp_rate`` positions per pooled slot (published 4).
   ``deletion_threshold`` None means ``sigmoid_mask_scale / 2`` (log-sigmoid:
   -5, as the published loader). ``use_gumbel_noise`` adds Gumbel noise to the
   gate logits in training (needs the ``gate_noise`` rng).
@@ -113,6 +129,11 @@ class MrT5Config:
   use_softmax1: bool = False
   random_deletion_probability: float = 0.5
   fixed_deletion_amount: float = 0.5
+  bp_temperature: float = 0.5
+  bp_prior: float = 0.2
+  bp_capacity_fraction: float = 0.5
+  bp_sample_at_inference: bool = False
+  cp_rate: int = 4
 
   remat_policy: str = "none"
   scan_layers: bool = False
@@ -152,6 +173,14 @@ class MrT5Config:
     for name in ("random_deletion_probability", "fixed_deletion_amount"):
       if not 0.0 <= getattr(self, name) <= 1.0:
         raise ValueError(f"{name} must be in [0, 1]")
+    if not self.bp_temperature > 0:
+      raise ValueError(f"bp_temperature must be positive, got {self.bp_temperature}")
+    if not 0.0 < self.bp_prior < 1.0:
+      raise ValueError(f"bp_prior must lie in (0, 1), got {self.bp_prior}")
+    if not 0.0 < self.bp_capacity_fraction <= 1.0:
+      raise ValueError(f"bp_capacity_fraction must lie in (0, 1], got {self.bp_capacity_fraction}")
+    if not isinstance(self.cp_rate, int) or self.cp_rate < 1:
+      raise ValueError(f"cp_rate must be a positive int, got {self.cp_rate!r}")
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -164,7 +193,32 @@ class MrT5Config:
 
   @property
   def has_gate(self) -> bool:
+    """The encoder shortens at ``delete_gate_layer`` (a delete gate or a pooling baseline)."""
     return self.deletion_type != "none"
+
+  @property
+  def has_delete_gate(self) -> bool:
+    """A delete gate (learned, random or fixed): ``encoder/delete_gate``."""
+    return self.deletion_type in DELETE_GATES
+
+  @property
+  def length_reduction_target(self) -> Optional[float]:
+    """The pooling baselines' expected length reduction (BP: 1 - prior, CP: 1 - 1/rate)."""
+    if self.deletion_type == "boundary":
+      return 1.0 - self.bp_prior
+    if self.deletion_type == "conv":
+      return 1.0 - 1.0 / self.cp_rate
+    return None
+
+  @property
+  def has_hard_mode(self) -> bool:
+    """Hard shortening differs from soft: a delete gate or BP (CP's length is fixed)."""
+    return self.has_gate and self.deletion_type != "conv"
+
+  @property
+  def is_pooling(self) -> bool:
+    """BP or CP: the sequence is pooled, not deleted from (``mrt5_jax.pooling``)."""
+    return self.deletion_type in POOLING_TYPES
 
   @property
   def has_learned_gate(self) -> bool:

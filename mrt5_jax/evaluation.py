@@ -28,7 +28,7 @@ from mrt5_jax.hard_deletion import EncodePath, InferenceConfig
 
 MODES = ("soft", "hard")
 # Metric sums that are per-batch means (averaged over batches, not summed).
-_PER_BATCH_MEANS = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty")
+_PER_BATCH_MEANS = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty", "boundary_loss")
 
 
 class DeletionProfile:
@@ -74,7 +74,7 @@ class Evaluator:
 
   @property
   def modes(self) -> tuple[str, ...]:
-    return MODES if self.config.has_gate else ("soft",)
+    return MODES if self.config.has_hard_mode else ("soft",)
 
   def batch_sums(self, params, controller_state, batch, modes: Optional[Iterable[str]] = None,
                  profile: Optional[DeletionProfile] = None) -> dict[str, dict]:
@@ -301,7 +301,7 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
       profile=profile, log=lambda line: logging.getLogger("mrt5_jax").info("%s", line))
   results: dict = {"checkpoint": location.step_dir, "step": location.step,
                    "mixture_or_task_name": eval_dataset.mixture_or_task_name,
-                   "split": eval_dataset.split}
+                   "split": eval_dataset.split, "deletion_type": config.deletion_type}
   results.update(report.pop("all"))
   results.update(report)
   results["most_deleted"] = describe_profile(profile.as_dict())

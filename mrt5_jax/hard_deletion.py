@@ -175,7 +175,7 @@ class EncodePath:
       raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     length = tokens.shape[1]
     rng = self._rng(rng)
-    if mode == "soft" or not self.config.has_gate:
+    if mode == "soft" or not self.config.has_hard_mode:
       return self._encode_once(params, tokens, segment_ids, rng, "soft", None)
     if mode == "capacity":
       return self._encode_once(params, tokens, segment_ids, rng, "hard",

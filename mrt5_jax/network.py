@@ -20,10 +20,14 @@ import jax.numpy as jnp
 from mrt5_jax import attention as attn_lib
 from mrt5_jax import compaction
 from mrt5_jax import layers
+from mrt5_jax import pooling
+from mrt5_jax import shortening
 from mrt5_jax.config import MrT5Config
 from mrt5_jax.gate import DeleteGate
 
 DELETION_MODES = ("soft", "hard")
+# BP's fixed key when it samples boundaries outside training without a 'deletion' rng.
+BP_INFERENCE_SEED = 0
 
 
 @flax.struct.dataclass
@@ -33,10 +37,15 @@ class StageOneOutput:
   hidden: (B, L, E) the hidden state entering layer ``delete_gate_layer``.
   gate: (B, L) float32 G (pad = k), or None (no gate).
   gate_logits: (B, L) float32 pre-sigmoid gate scores, or None.
+  boundaries: (B, L) float32 BP's pooling boundaries (straight-through in
+    training), or None. For the pooling baselines ``gate`` is
+    ``shortening.markers`` (0 on the one position per slot, k elsewhere) and
+    ``gate_logits`` BP's boundary logits (CP: the markers).
   """
   hidden: jax.Array
   gate: Optional[jax.Array]
   gate_logits: Optional[jax.Array]
+  boundaries: Optional[jax.Array] = None
 
 
 @flax.struct.dataclass
@@ -50,7 +59,9 @@ class EncoderOutput:
   gate: (B, L) float32 gate values at full length (pad = k), or None (no gate).
   gate_logits: (B, L) float32 pre-sigmoid gate scores, or None.
   kept_positions: (B, Lc) int32 original position of each slot.
-  num_dropped: (B,) int32 positions over capacity (hard deletion only).
+  num_dropped: (B,) int32 positions over capacity (hard deletion only; BP:
+    segments over its slots).
+  boundaries: (B, L) float32 BP's boundaries (``StageOneOutput``), or None.
   """
   encoded: jax.Array
   mask: jax.Array
@@ -60,6 +71,7 @@ class EncoderOutput:
   gate_logits: Optional[jax.Array]
   kept_positions: jax.Array
   num_dropped: jax.Array
+  boundaries: Optional[jax.Array] = None
 
   @property
   def compacted_length(self) -> int:
@@ -137,6 +149,10 @@ DECODER_LAYER_STATIC = (6, 7, 8)
 class Encoder(nn.Module):
   """Layers before the gate at full length, the gate, then the rest (soft or compacted).
 
+  The pooling baselines (``config.is_pooling``) put ``boundary_predictor``
+  (BP) or ``conv_pool`` (CP, ``mrt5_jax.shortening``) where the gate sits and
+  run the rest on their pooled slots.
+
   The layers are ``layers_{i}`` submodules, or with ``scan_layers`` two
   scanned stacks: ``stage_one_layers`` ([0, gate)) and ``stage_two_layers``
   ([gate, N)). ``apply_layers`` is the one place either stage runs.
@@ -159,8 +175,12 @@ class Encoder(nn.Module):
     else:
       self.layers = [layer_cls(cfg, collect_score_penalty=cfg.has_gate and i >= gate)
                      for i in range(total)]
-    if cfg.has_gate:
+    if cfg.has_delete_gate:
       self.delete_gate = DeleteGate(cfg)
+    elif cfg.deletion_type == "boundary":
+      self.boundary_predictor = shortening.BoundaryPredictor(cfg)
+    elif cfg.deletion_type == "conv":
+      self.conv_pool = shortening.ConvPool(cfg)
     self.encoder_norm = layers.RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg))
     self.dropout = nn.Dropout(cfg.dropout_rate, broadcast_dims=(-2,))
 
@@ -206,8 +226,50 @@ class Encoder(nn.Module):
     x = self.apply_layers(1, x, self._full_length_bias(tokens, segment_ids), deterministic)
     if not self.config.has_gate:
       return StageOneOutput(hidden=x, gate=None, gate_logits=None)
+    if self.config.is_pooling:
+      return self._pooling_reading(x, tokens, segment_ids, deterministic)
     gate, gate_logits = self.delete_gate(x, tokens > 0, tokens, deterministic=deterministic)
     return StageOneOutput(hidden=x, gate=gate, gate_logits=gate_logits)
+
+  def _pooling_reading(self, x, tokens, segment_ids, deterministic: bool) -> StageOneOutput:
+    """BP: boundary logits and boundaries (sampled in training); CP: its window markers."""
+    cfg = self.config
+    real = tokens > 0
+    if cfg.deletion_type == "conv":
+      marks = shortening.markers(pooling.window_markers(real, cfg.cp_rate), real,
+                                 cfg.sigmoid_mask_scale)
+      return StageOneOutput(hidden=x, gate=marks, gate_logits=marks)
+    logits = self.boundary_predictor(x)
+    rng = None
+    if not deterministic:
+      rng = self.make_rng("gate_noise")
+    elif cfg.bp_sample_at_inference:
+      rng = (self.make_rng("deletion") if self.has_rng("deletion")
+             else jax.random.PRNGKey(BP_INFERENCE_SEED))
+    chosen = shortening.boundaries(logits, real, segment_ids, config=cfg, rng=rng)
+    marks = shortening.markers(jax.lax.stop_gradient(chosen), real, cfg.sigmoid_mask_scale)
+    return StageOneOutput(hidden=x, gate=marks, gate_logits=logits, boundaries=chosen)
+
+  def _pooled_stage_two(self, reading: StageOneOutput, tokens, segment_ids, deletion: str,
+                        compacted_length: Optional[int], deterministic: bool):
+    """BP (segment mean-pooling into static slots) or CP (strided convolution),
+    then the remaining layers on the slots; relative positions are each slot's
+    first input position (the published choice)."""
+    cfg = self.config
+    real = tokens > 0
+    if cfg.deletion_type == "conv":
+      pooled = self.conv_pool(reading.hidden, real, segment_ids)
+    else:
+      slots = shortening.boundary_slots(cfg, tokens.shape[1], compacted_length, deletion)
+      pooled = pooling.segment_pool(reading.hidden, reading.boundaries, real, slots, segment_ids)
+    bias = self.self_attention_bias(pooled.positions, pooled.valid, pooled.segment_ids)
+    x = self.apply_layers(2, pooled.hidden, bias, deterministic)
+    x = self.dropout(self.encoder_norm(x), deterministic=deterministic)
+    return EncoderOutput(encoded=x, mask=pooled.valid.astype(jnp.int32),
+                         key_bias=jnp.zeros(pooled.valid.shape, jnp.float32),
+                         segment_ids=pooled.segment_ids, gate=reading.gate,
+                         gate_logits=reading.gate_logits, kept_positions=pooled.positions,
+                         num_dropped=pooled.num_dropped, boundaries=reading.boundaries)
 
   def stage_two(self, reading: StageOneOutput, tokens, segment_ids=None, *,
                 deletion: str = "soft", compacted_length: Optional[int] = None,
@@ -216,6 +278,9 @@ class Encoder(nn.Module):
 
     Hard deletion compacts to ``compacted_length`` slots (default: the input
     length, which never overflows); see ``hard_deletion.InferenceConfig``.
+    The pooling baselines always run on their slots: BP on
+    ``compacted_length`` of them (default: ``bp_capacity_fraction`` of the
+    input length with soft, all of it with hard), CP on ceil(L / cp_rate).
     """
     cfg = self.config
     batch, length = tokens.shape
@@ -223,6 +288,9 @@ class Encoder(nn.Module):
     hidden, gate, gate_logits = reading.hidden, reading.gate, reading.gate_logits
     if deletion not in DELETION_MODES:
       raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")
+    if cfg.is_pooling:
+      return self._pooled_stage_two(reading, tokens, segment_ids, deletion, compacted_length,
+                                    deterministic)
     if gate is None or deletion == "soft":
       key_bias = jnp.zeros((batch, length), jnp.float32) if gate is None else gate
       bias = self._full_length_bias(tokens, segment_ids, None if gate is None else gate)

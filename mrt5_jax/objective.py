@@ -3,6 +3,11 @@
 loss = CE (+ t5x z-loss, normalised as t5x's ``loss_normalizing_factor``)
        + alpha * L_G                  (L_G = mean gate value over real encoder positions)
        + score_coeff * L_scores       (optional attention-score regularizer)
+       + L_B                          (BP only: the boundary prior, ``pooling.boundary_loss``)
+
+The pooling baselines (BP, CP) have no gate regularizer: their "gate" is the
+slot markers of ``shortening.markers``, which make the deletion metrics read
+as sequence-length reduction.
 
 ``compute_loss`` is the one function the project's trainer, the evaluator and
 the t5x model class call. It returns the differentiable loss and a dict of
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 
 from mrt5_jax import controller as controller_lib
 from mrt5_jax import gate as gate_lib
+from mrt5_jax import pooling
 
 NUM_REAL_TARGET_TOKENS = "NUM_REAL_TARGET_TOKENS"
 NUM_TOTAL_TARGET_TOKENS = "NUM_TOTAL_TARGET_TOKENS"
@@ -288,6 +294,7 @@ def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_
     score_penalty = jnp.float32(0.0)
   return {"logits": logits, "gate": aux.gate, "gate_logits": aux.gate_logits,
           "num_dropped": aux.num_dropped, "score_penalty": score_penalty,
+          "boundaries": aux.boundaries,
           "compacted_length": jnp.float32(aux.compacted_length),
           "hard": jnp.float32(deletion == "hard")}
 
@@ -296,7 +303,7 @@ def _hard_delete_coin(objective: ObjectiveConfig, rngs, enable_dropout: bool, de
                       config) -> Optional[jax.Array]:
   """The draw that sends a training batch through hard deletion, or None (never)."""
   if (objective.hard_delete_train_prob <= 0 or not enable_dropout or deletion != "soft"
-      or not config.has_gate or not rngs or "hard_delete" not in rngs):
+      or not config.has_delete_gate or not rngs or "hard_delete" not in rngs):
     return None
   return jax.random.bernoulli(rngs["hard_delete"], objective.hard_delete_train_prob)
 
@@ -355,7 +362,14 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   real = real_encoder_mask(batch["encoder_input_tokens"], batch.get("encoder_segment_ids"))
   alpha = controller_lib.effective_alpha(controller_state, controller)
   entropy_penalty = jnp.float32(0.0)
-  if out["gate"] is not None:
+  boundary_loss = jnp.float32(0.0)
+  if out["boundaries"] is not None:
+    boundary_loss = pooling.boundary_loss(out["boundaries"], real,
+                                          module.config.bp_prior) / num_microbatches
+  if module.config.is_pooling:
+    sums = gate_sums(out["gate"], real, module.config.deletion_threshold)
+    gate_loss = jnp.float32(0.0)
+  elif out["gate"] is not None:
     threshold = module.config.deletion_threshold
     sums = gate_sums(out["gate"], real, threshold)
     gate_loss = gate_regularizer(objective.gate_loss, out["gate"], out["gate_logits"], real,
@@ -368,7 +382,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   else:
     sums = gate_sums(jnp.zeros(real.shape, jnp.float32), real, 0.0)
     gate_loss = jnp.float32(0.0)
-  loss = (ce_loss + alpha * gate_loss + entropy_penalty
+  loss = (ce_loss + alpha * gate_loss + entropy_penalty + boundary_loss
           + objective.score_loss_coeff * score_penalty / num_microbatches)
 
   targets = batch["decoder_target_tokens"]
@@ -384,6 +398,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       "num_correct": jnp.sum(correct).astype(jnp.float32),
       "num_sequences": jnp.sum(jnp.any(real, axis=-1)).astype(jnp.float32),
       "entropy_penalty": entropy_penalty,
+      "boundary_loss": boundary_loss,
       "hard_deletion_steps": out["hard"],
       "num_dropped": jnp.sum(out["num_dropped"]).astype(jnp.float32),
       "compacted_length": out["compacted_length"],
@@ -393,6 +408,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
 
 
 ADDITIVE = ("loss", "ce_loss", "z_loss", "gate_loss", "score_penalty", "entropy_penalty",
+            "boundary_loss",
             "cross_entropy_sum", "num_target_tokens", "num_correct", "num_sequences",
             "num_dropped", "gate_sum", "num_real", "num_deleted", "hard_deletion_steps")
 

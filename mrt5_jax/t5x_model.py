@@ -42,6 +42,7 @@ from mrt5_jax import train_step
 from mrt5_jax.config import MrT5Config
 from mrt5_jax.gate import GATE_SCORE_AXIS
 from mrt5_jax.hard_deletion import InferenceConfig, capacity_length, deletion_figures
+from mrt5_jax.shortening import POOL_WINDOW_AXIS
 
 INFERENCE_DELETIONS = ("hard", "soft")
 MICROBATCH_COLLECTION = train_step.MICROBATCH_COLLECTION
@@ -58,9 +59,12 @@ T5X_METRIC_NAMES = {
 
 
 def adafactor_logical_factor_rules():
-  """t5x's Adafactor factor rules plus the gate's one-wide score axis (never factored)."""
+  """t5x's Adafactor factor rules plus the gate's one-wide score axis (never
+  factored) and CP's kernel-window axis (batch-like: each window's
+  (embed, mlp) matrix is factored on its own)."""
   rules = dict(t5x_adafactor.standard_logical_factor_rules())
   rules[GATE_SCORE_AXIS] = t5x_adafactor.FactorDim.NONE
+  rules[POOL_WINDOW_AXIS] = t5x_adafactor.FactorDim.BATCH
   return flax.core.freeze(rules)
 
 
@@ -336,6 +340,8 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
                                              or self.objective.entropy_coeff_2):
         continue
       if name == "hard_deletion_batches" and self.objective.hard_delete_train_prob == 0:
+        continue
+      if name == "boundary_loss" and self.config.deletion_type != "boundary":
         continue
       metrics[T5X_METRIC_NAMES.get(name, f"deletion/{name}")] = clu_metric(metric)
     encoder_tokens = batch["encoder_input_tokens"]

@@ -36,6 +36,7 @@ from mrt5_jax import benchmarking
 from mrt5_jax import data as data_lib
 from mrt5_jax import evaluation
 from mrt5_jax import objective as objective_lib
+from mrt5_jax.config import POOLING_TYPES
 from mrt5_jax.hard_deletion import InferenceConfig
 from mrt5_jax.inference import InferenceRunner
 
@@ -155,7 +156,11 @@ class SpeedMeter:
         lambda: self.hard.score(tokens, dec_in, targets), repeats)
     rows = tokens.shape[0]
     kept = compacted if self.config.has_gate else None
-    enc_full = benchmarking.encoder_flops(self.config, length)
+    # the pooling baselines' "full" program is their soft one: BP at its
+    # training capacity, CP at its one length (never the input length)
+    full_length = self.full.encode(tokens).compacted_length if self.config.is_pooling else length
+    enc_full = benchmarking.encoder_flops(
+        self.config, length, full_length if self.config.is_pooling else None)
     enc_hard = benchmarking.encoder_flops(self.config, length, kept)
     return Speed(
         examples=examples, batches=1,
@@ -165,7 +170,7 @@ class SpeedMeter:
         forward_ratios=[f / h for f, h in zip(*forward)],
         encoder_flops_full=rows * enc_full, encoder_flops_hard=rows * enc_hard,
         forward_flops_full=rows * (enc_full + benchmarking.decoder_flops(
-            self.config, target_length, length)),
+            self.config, target_length, full_length)),
         forward_flops_hard=rows * (enc_hard + benchmarking.decoder_flops(
             self.config, target_length, compacted)),
         compacted_lengths=[int(compacted)])
@@ -254,6 +259,11 @@ _COLUMNS = (
 )
 
 
+# The pooling baselines (BP, CP) shorten by pooling: their "deletion rate" is
+# the sequence-length reduction 1 - slots / real length.
+POOLING_TITLES = {"deleted": "len reduction", "kept/len": "slots/len"}
+
+
 def _cell(row: Mapping[str, Any], key, fmt: Optional[str]) -> str:
   if key is None:
     return f"{row['kept_length']:.1f}/{row['real_length']:.1f}"
@@ -295,7 +305,8 @@ def format_table(report: Mapping[str, Any]) -> str:
                  "kept_length": hard["kept_length"], "real_length": hard["real_length"],
                  "speed": overall["speed"], "seqio": {}})
   seqio_names = _seqio_names(rows)
-  header = [title for title, _, _ in _COLUMNS] + seqio_names
+  titles = POOLING_TITLES if report.get("deletion_type") in POOLING_TYPES else {}
+  header = [titles.get(title, title) for title, _, _ in _COLUMNS] + seqio_names
   table = [header]
   for row in rows:
     cells = [_cell(row, key, fmt) for _, key, fmt in _COLUMNS]

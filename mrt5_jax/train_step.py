@@ -111,6 +111,7 @@ def step_metrics(sums: Mapping[str, jax.Array], alpha: jax.Array) -> dict[str, M
       "gate_loss": Metric("per_step", sums["gate_loss"]),
       "score_penalty": Metric("per_step", sums["score_penalty"]),
       "entropy_penalty": Metric("per_step", sums["entropy_penalty"]),
+      "boundary_loss": Metric("per_step", sums["boundary_loss"]),
       "hard_deletion_batches": Metric("sum", sums["hard_deletion_steps"]),
       "cross_entropy_per_token": Metric("ratio", sums["cross_entropy_sum"],
                                         sums["num_target_tokens"]),

@@ -421,6 +421,8 @@ def train(*,
       final_profile = evaluation.DeletionProfile(model_config.vocab_size)
 
   target_rate = controller.target_deletion_rate if model_config.has_gate else None
+  if model_config.is_pooling:  # no controller: the method sets its own length reduction
+    target_rate = model_config.length_reduction_target
   n_params = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state["params"]))
   logger.info("model %s params, mesh %s, batch %d x %d, steps %d -> %d", f"{n_params:,}",
               dict(trainer.partitioner.mesh.shape), train_dataset.batch_size, input_length,

@@ -30,6 +30,14 @@ def test_benchmark_runs_end_to_end_on_a_short_input(monkeypatch):
   assert 0.5 <= rate["measured_deletion_rate"] < 0.6
   assert np.isfinite(rate["encoder_speedup"]) and rate["encoder_ideal_speedup"] > 1
   assert any("rate 0.50" in line for line in lines)
+  bp, cp = result["baselines"]
+  assert (bp["method"], cp["method"]) == ("BP", "CP")
+  # BP matched to MrT5's reduction: the fullest row keeps half its positions as
+  # segments (plus its forced last boundary), bucketed like hard deletion
+  assert bp["compacted_length"] == 128 and 0.5 <= bp["measured_length_reduction"] < 0.55
+  assert cp["rate"] == 0.75 and cp["compacted_length"] == 64
+  assert cp["measured_length_reduction"] == pytest.approx(0.75)
+  assert np.isfinite(bp["encoder_speedup"]) and np.isfinite(cp["scoring_speedup"])
 
 
 @pytest.mark.slow

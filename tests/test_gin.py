@@ -24,10 +24,10 @@ def clean_gin():
 
 def test_expected_files_ship():
   names = {os.path.relpath(p, CONFIGS) for p in MODEL_FILES + RUN_FILES}
-  for family in ("byt5", "mrt5"):
+  for family in ("byt5", "mrt5", "bp", "cp"):
     for size in ("tiny", "small", "base", "large"):
       assert f"models/{family}_{size}.gin" in names
-  for run in ("pretrain", "finetune", "local", "mrt5_small_continued_pretraining",
+  for run in ("pretrain", "finetune", "local", "local_pooling", "mrt5_small_continued_pretraining",
               "finetune_xnli", "finetune_tydiqa", "finetune_xquad", "finetune_spelling",
               "finetune_word_search"):
     assert f"runs/{run}.gin" in names
@@ -40,7 +40,16 @@ def test_model_files_parse_and_build(path):
   size = os.path.basename(path).split("_")[1].split(".")[0]
   assert config.d_model == config_lib.SIZES[size]["d_model"]
   assert config.num_encoder_layers == config_lib.SIZES[size]["num_encoder_layers"]
-  assert config.has_gate == os.path.basename(path).startswith("mrt5")
+  family = os.path.basename(path).split("_")[0]
+  assert config.has_delete_gate == (family == "mrt5")
+  assert config.deletion_type == {"mrt5": "scaled_sigmoid", "byt5": "none", "bp": "boundary",
+                                  "cp": "conv"}[family]
+  if family in ("bp", "cp"):
+    assert config.delete_gate_layer == (1 if size == "tiny" else 3)
+    assert not config.use_softmax1
+    published = ((config.bp_temperature, config.bp_prior) == (0.5, 0.2) if family == "bp"
+                 else config.cp_rate == 4)
+    assert published
 
 
 def _with_prerequisites(path):

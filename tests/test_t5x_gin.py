@@ -123,12 +123,18 @@ def test_size_files_have_byt5_sizes(size, byt5_params):
     ("eval", "t5x/mrt5_small_eval.gin", ["CHECKPOINT_PATH='/c'", "EVAL_OUTPUT_DIR='/o'"]),
     ("infer", "t5x/mrt5_tiny_infer.gin", ["CHECKPOINT_PATH='/c'", "INFER_OUTPUT_DIR='/o'"]),
     ("train", "t5x/mrt5_tiny_cpu.gin", ["MODEL_DIR='/m'"]),
+    ("train", "t5x/pooling_tiny_cpu.gin", ["MODEL_DIR='/m'"]),
+    ("train", "t5x/pooling_tiny_cpu.gin", ["MODEL_DIR='/m'", "DELETION_TYPE='conv'"]),
 ])
 def test_eval_infer_and_cpu_files_parse(tool, gin_file, bindings):
   run = _probe(tool, [gin_file], *bindings)
   assert run["model"] == "MrT5Model" and run["task_module"] == "mrt5_jax.tasks"
   assert run["inference"]["mode"] == "capacity" and run["inference_deletion"] == "hard"
   assert run["task"].startswith("mrt5.span_corruption.")
+  if "pooling" in gin_file:
+    kind = "conv" if "DELETION_TYPE='conv'" in bindings else "boundary"
+    assert run["config"]["deletion_type"] == kind and not run["config"]["use_softmax1"]
+    assert run["config"]["delete_gate_layer"] == 1 and run["config"]["cp_rate"] == 4
 
 
 def test_memory_macros_reach_the_network():

@@ -493,3 +493,47 @@ def test_scanned_rematerialised_blocked_model_trains_and_predicts_like_the_plain
     outputs.append(np.asarray(tokens))
   np.testing.assert_array_equal(outputs[1], outputs[0])
   assert np.any(outputs[0][prompt == 0] != 0)
+
+
+# ----------------------------------------------------------------------------- pooling baselines
+
+
+@pytest.mark.parametrize("kind", ["boundary", "conv"])
+def test_pooling_baselines_train_and_predict_under_t5x(kind):
+  """BP and CP in t5x: a t5x train step with Adafactor (CP's window axis has a
+  factor rule), the boundary loss logged for BP only, deletion/rate as the
+  length reduction, and prediction against the pooled encoder output."""
+  from t5x import adafactor as t5x_adafactor
+  config = _config(deletion_type=kind, use_softmax1=False)
+  optimizer = t5x_adafactor.Adafactor(
+      decay_rate=0.8, logical_factor_rules=t5x_model.adafactor_logical_factor_rules())
+  model = t5x_model.MrT5Model(network.Transformer(config), VOCAB, VOCAB, optimizer,
+                              z_loss=1e-4, loss_normalizing_factor="NUM_REAL_TARGET_TOKENS",
+                              controller=CONTROLLER, inference=INFERENCE)
+  batch = _batch(seed=5)
+  state = _train_state(model, batch)
+  axes = t5x_partitioning.PjitPartitioner(num_partitions=1).get_mesh_axes(state)
+  subtree = "boundary_predictor" if kind == "boundary" else "conv_pool"
+  assert subtree in axes.params["encoder"] and "delete_gate" not in state.params["encoder"]
+  new_state, metrics = t5x_trainer.train_with_lr(
+      state, batch, learning_rate=jnp.float32(1e-2), dropout_rng=jax.random.PRNGKey(0),
+      model=model, num_microbatches=None)
+  assert ("deletion/boundary_loss" in metrics) == (kind == "boundary")
+  assert float(metrics["deletion/gate_loss"].compute()) == 0.0
+  real = np.asarray(batch["encoder_input_tokens"]) > 0
+  rate = float(metrics["deletion/rate"].compute())
+  if kind == "conv":
+    kept = sum(-(-int(n) // 4) for n in real.sum(axis=1))
+    assert rate == pytest.approx(1 - kept / real.sum(), abs=1e-6)
+  else:
+    assert 0.0 < rate < 1.0
+  changed = jax.tree_util.tree_map(lambda a, b: float(jnp.abs(a - b).max()),
+                                   flax.core.unfreeze(new_state.params["encoder"][subtree]),
+                                   flax.core.unfreeze(state.params["encoder"][subtree]))
+  assert max(jax.tree_util.tree_leaves(changed)) > 0
+  tokens, aux = jax.jit(model.predict_batch_with_aux)(new_state.params, batch)
+  assert tokens.shape == batch["decoder_input_tokens"].shape
+  out = jax.jit(model.encode)(new_state.params, batch["encoder_input_tokens"])
+  length = batch["encoder_input_tokens"].shape[1]
+  assert out.encoded.shape[1] == (6 if kind == "conv" else capacity_length(INFERENCE, length))
+  np.testing.assert_allclose(np.asarray(aux["kept_length"]), np.asarray(out.mask).sum(-1))

@@ -141,6 +141,10 @@ def test_rows_per_language_match_independent_scoring(tiny_model):
   table = task_report.format_table(report).splitlines()
   assert len(table) == 2 + len(LANGUAGES) + 1
   assert table[-1].startswith("all") and "mrt5.span_corruption.sample.th" in table[3]
+  assert "deleted" in table[0] and "len reduction" not in table[0]
+  pooled = task_report.format_table({**report, "deletion_type": "conv"}).splitlines()
+  assert "len reduction" in pooled[0] and "slots/len" in pooled[0]
+  assert "deleted" not in pooled[0] and len(pooled) == len(table)
 
 
 def test_a_missing_split_is_a_clear_error():

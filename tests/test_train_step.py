@@ -59,7 +59,8 @@ def test_metrics_are_defined_from_sums():
           "cross_entropy_sum": 30.0, "num_target_tokens": 20.0, "num_correct": 5.0,
           "num_deleted": 12.0, "num_real": 40.0, "gate_sum": -200.0, "gate_min": -29.0,
           "gate_max": -0.5, "num_sequences": 4.0, "kept_max": 9.0, "compacted_length": 16.0,
-          "num_dropped": 3.0, "entropy_penalty": 0.0, "hard_deletion_steps": 1.0}
+          "num_dropped": 3.0, "entropy_penalty": 0.0, "hard_deletion_steps": 1.0,
+          "boundary_loss": 0.0}
   metrics = train_step.step_metrics({k: jnp.float32(v) for k, v in sums.items()},
                                     jnp.float32(0.25))
   values = {k: float(v) for k, v in train_step.finalize(metrics).items()}

@@ -1,7 +1,8 @@
 """``mrt5-bench``: speed and memory measurements.
 
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
-                       [--rates 0.25,0.5,0.75] [--repeats 3] [--output results.json]
+                       [--rates 0.25,0.5,0.75] [--repeats 3] [--no_baselines]
+                       [--output results.json]
   mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
                        [--batch 1] [--scan_layers] [--attention dense|blocked]
                        [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
@@ -13,7 +14,9 @@
                        [--steps 1500] [--work_dir /tmp/mrt5_deletion] [--output rows.json]
                        [--gin BINDING ...]
 
-``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates;
+``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates, and
+the pooling baselines at matched length reduction (BP at every rate, CP at
+its fixed 1 - 1/4; ``--no_baselines`` skips them);
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
 the 2-core-CPU model otherwise. ``memory``: peak memory of one train step
 (XLA's memory analysis of the compiled step, never run) per input length and
@@ -48,6 +51,8 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--batch", type=int, default=2)
   inference.add_argument("--rates", default="0.25,0.5,0.75")
   inference.add_argument("--repeats", type=int, default=3)
+  inference.add_argument("--no_baselines", action="store_true",
+                         help="skip the BP and CP rows (pooling baselines)")
   inference.add_argument("--output", default=None, help="write the results as JSON here")
 
   memory = sub.add_parser("memory", help="peak memory of one train step, with and without remat")
@@ -138,7 +143,8 @@ def _run_inference(args) -> dict:
   if config == "auto":
     config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
   return benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
-                                              args.batch, args.repeats)
+                                              args.batch, args.repeats,
+                                              baselines=not args.no_baselines)
 
 
 def _run_deletion(args) -> dict:

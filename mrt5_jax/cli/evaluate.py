@@ -41,7 +41,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   print(f"{results['mixture_or_task_name']} ({results['split']} split), "
         f"{results['examples']} examples")
   print(task_report.format_table(results))
-  print(f"most deleted: {results['most_deleted']}")
+  pooled = results.get("deletion_type") in ("boundary", "conv")
+  print(f"{'pooled away most (not a slot of its own)' if pooled else 'most deleted'}: "
+        f"{results['most_deleted']}")
   if results.get("report_path"):
     print(f"report: {results['report_path']}")
   return 0

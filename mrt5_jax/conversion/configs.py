@@ -7,7 +7,7 @@ without custom code. No torch needed.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -23,6 +23,34 @@ GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "u
 HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
+# Parameter subtrees of the pooling baselines, which have no PyTorch counterpart.
+POOLING_SUBTREES = ("boundary_predictor", "conv_pool")
+
+
+class NotConvertibleError(ValueError):
+  """A model the PyTorch side cannot express (the BP and CP baselines)."""
+
+
+def check_convertible(config: Optional[MrT5Config] = None, params: Optional[Mapping] = None
+                      ) -> None:
+  """Refuse the pooling baselines: neither the published code nor this project's
+  PyTorch class loads BP (boundary predictor) or CP (convolutional pooling)
+  checkpoints, so converting one would write a folder nothing can read."""
+  kind = None
+  if config is not None and config.is_pooling:
+    kind = config.deletion_type
+  encoder = (params or {}).get("encoder", {}) if params is not None else {}
+  found = [name for name in POOLING_SUBTREES if name in encoder]
+  if kind is None and found:
+    kind = "boundary" if found[0] == "boundary_predictor" else "conv"
+  if kind is not None:
+    name = {"boundary": "BP (boundary predictor)", "conv": "CP (convolutional pooling)"}[kind]
+    raise NotConvertibleError(
+        f"this is a {name} checkpoint (deletion_type={kind!r}); the pooling baselines do not "
+        "convert to PyTorch: neither the published MrT5 code nor mrt5_jax.pytorch has these "
+        "models. Evaluate it with mrt5-eval instead.")
+
+
 def is_plain_t5(config: MrT5Config) -> bool:
   """True when plain T5ForConditionalGeneration computes the same function."""
   return not config.has_gate and not config.use_softmax1
@@ -30,6 +58,7 @@ def is_plain_t5(config: MrT5Config) -> bool:
 
 def to_hf_config(config: MrT5Config, dtype: str = "float32") -> dict[str, Any]:
   """The ``config.json`` contents of a converted folder."""
+  check_convertible(config)
   if dtype not in HF_DTYPES:
     raise ValueError(f"dtype must be one of {sorted(HF_DTYPES)}, got {dtype!r}")
   plain = is_plain_t5(config)

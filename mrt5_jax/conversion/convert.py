@@ -50,7 +50,9 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
     raise error.suggesting("--step {step}") from None
   logger.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
               checkpoint.step)
+  configs.check_convertible(params=checkpoint.params)
   config, source = run_config.resolve(checkpoint.params, location.model_dir, **gate_settings)
+  configs.check_convertible(config)
   logger.info("model settings from %s: delete_gate_layer=%s, use_softmax1=%s, "
               "sigmoid_mask_scale=%s", source, config.delete_gate_layer if config.has_gate
               else None, config.use_softmax1, config.sigmoid_mask_scale)

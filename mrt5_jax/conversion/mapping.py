@@ -20,6 +20,7 @@ import numpy as np
 
 from mrt5_jax import layer_stacking, trees
 from mrt5_jax.config import MrT5Config
+from mrt5_jax.conversion.configs import check_convertible
 
 ATTENTION_NAMES = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
 MLP_NAMES = ("wi_0", "wi_1", "wo")
@@ -128,6 +129,7 @@ def jax_to_hf_state_dict(params: Mapping, config: MrT5Config,
   (e.g. a gate the config does not have) and a shape that does not match.
   A scanned tree is unstacked first.
   """
+  check_convertible(config, params)
   flat = trees.flatten(layer_stacking.unstack_layers(params))
   table = parameter_table(config)
   known = {entry.jax_path for entry in table}
