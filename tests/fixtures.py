@@ -85,6 +85,36 @@ def init_params(config, batch, seed: int = 0):
   return module, variables["params"]
 
 
+def assert_prefill_matches_teacher_forcing(module, params, encoder_output, decoder_inputs,
+                                           lengths=(2, 5, 3), check_cache=None) -> None:
+  """t5x's prompt prefilling: rows continue from their own prompt lengths, and every
+  cached step reproduces the teacher-forced logits at its position (atol 1e-5).
+  ``check_cache`` sees the freshly initialised cache collection."""
+  import jax.numpy as jnp
+
+  out = encoder_output
+  decode = lambda tokens, **kw: module.apply(
+      {"params": params, **kw.pop("variables", {})}, out.encoded, out.mask, tokens,
+      jnp.ones_like(tokens), enable_dropout=False, encoder_key_bias=out.key_bias,
+      method=module.decode, **kw)
+  reference = np.asarray(decode(decoder_inputs))
+  _, variables = decode(jnp.ones_like(decoder_inputs), decode=True, mutable=["cache"])
+  if check_cache is not None:
+    check_cache(variables["cache"])
+  lengths = np.asarray(lengths)
+  prompt = np.where(np.arange(decoder_inputs.shape[1])[None] < lengths[:, None],
+                    decoder_inputs, 0)
+  _, variables = decode(jnp.asarray(prompt), prefill=True, prefill_lengths=jnp.asarray(lengths),
+                        variables=variables, mutable=["cache"])
+  rows = np.arange(len(lengths))
+  for offset in range(3):
+    position = lengths + offset
+    step = jnp.asarray(decoder_inputs[rows, position][:, None])
+    logits, variables = decode(step, decode=True, max_decode_length=decoder_inputs.shape[1],
+                               variables=variables, mutable=["cache"])
+    np.testing.assert_allclose(np.asarray(logits)[:, 0], reference[rows, position], atol=1e-5)
+
+
 def diagnostic_dataset(task: str = "copy", batch_size: int = 4, seed: int = 0,
                        length: int = SEQ, split: str = "train"):
   """A seqio stream of a diagnostic task at ``length`` bytes (gin reset first)."""

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mrt5_jax.network import Transformer
-from tests.fixtures import as_tuple, byte_batch, init_params, model_config
+from tests.fixtures import (as_tuple, assert_prefill_matches_teacher_forcing, byte_batch,
+                            init_params, model_config)
 
 jax.config.update("jax_default_matmul_precision", "highest")
 
@@ -195,23 +196,7 @@ def test_prefilled_cache_then_steps_equal_teacher_forcing():
   """t5x's prompt prefilling: rows continue from their own prompt lengths, and
   every cached step reproduces the teacher-forced logits at its position."""
   cfg = model_config(use_softmax1=True)
-  enc, dec_in, tgt = batch = as_tuple(byte_batch())
+  enc, dec_in, _ = batch = as_tuple(byte_batch())
   module, params = init_params(cfg, batch)
   out = encoder_output(module, params, enc, deletion="hard", compacted_length=16)
-  decode = lambda tokens, **kw: module.apply(
-      {"params": params, **kw.pop("variables", {})}, out.encoded, out.mask, tokens,
-      jnp.ones_like(tokens), enable_dropout=False, encoder_key_bias=out.key_bias,
-      method=module.decode, **kw)
-  reference = np.asarray(decode(dec_in))
-  _, variables = decode(jnp.ones_like(dec_in), decode=True, mutable=["cache"])
-  lengths = np.array([2, 5, 3])
-  prompt = np.where(np.arange(dec_in.shape[1])[None] < lengths[:, None], dec_in, 0)
-  _, variables = decode(jnp.asarray(prompt), prefill=True, prefill_lengths=jnp.asarray(lengths),
-                        variables=variables, mutable=["cache"])
-  rows = np.arange(len(lengths))
-  for offset in range(3):
-    position = lengths + offset
-    step = jnp.asarray(dec_in[rows, position][:, None])
-    logits, variables = decode(step, decode=True, max_decode_length=dec_in.shape[1],
-                               variables=variables, mutable=["cache"])
-    np.testing.assert_allclose(np.asarray(logits)[:, 0], reference[rows, position], atol=1e-5)
+  assert_prefill_matches_teacher_forcing(module, params, out, dec_in)
