@@ -160,6 +160,14 @@ def _shape(flat, path: tuple[str, ...]) -> tuple[int, ...]:
   return tuple(np.shape(flat[path]))
 
 
+def gate_settings_in_tree(params: Mapping) -> dict[str, Any]:
+  """The gate settings a parameter tree fixes by itself: a scanned, gated tree's
+  stage one holds exactly the layers before the gate."""
+  if layer_stacking.is_scanned(params) and "delete_gate" in params.get("encoder", {}):
+    return {"delete_gate_layer": layer_stacking.scanned_gate_layer(params)}
+  return {}
+
+
 def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
   """Sizes from parameter shapes (for checkpoints without ``model_config.json``).
 
@@ -172,9 +180,9 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
   scanned tree (``layer_stacking``) gives the gate layer (its stage one's
   length) and ``scan_layers=True``.
   """
+  in_tree = gate_settings_in_tree(params)
   scanned = layer_stacking.is_scanned(params)
   if scanned:
-    stage_one = layer_stacking.scanned_gate_layer(params)
     params = layer_stacking.unstack_layers(params)
   flat = trees.flatten(params)
   vocab, d_model = _shape(flat, ("token_embedder", "embedding"))
@@ -207,12 +215,13 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
     knobs.pop(key, None)
   if scanned:
     fields["scan_layers"] = True
-    if has_gate:
-      given = knobs.get("delete_gate_layer")
-      if given is not None and given != stage_one:
-        raise ValueError(f"delete_gate_layer={given} contradicts the scanned tree, whose stage "
-                         f"one holds {stage_one} layers")
-      fields["delete_gate_layer"] = stage_one
+  if "delete_gate_layer" in in_tree:
+    stage_one = in_tree["delete_gate_layer"]
+    given = knobs.get("delete_gate_layer")
+    if given is not None and given != stage_one:
+      raise ValueError(f"delete_gate_layer={given} contradicts the scanned tree, whose stage "
+                       f"one holds {stage_one} layers")
+    fields["delete_gate_layer"] = stage_one
   fields.update({key: value for key, value in knobs.items() if value is not None})
   _require_gate_settings(fields, "the gate settings given")
   return _with_size_name(fields)

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional
 
 from gin import config_parser
 
-from mrt5_jax import checkpoints, layer_stacking
+from mrt5_jax import checkpoints
 from mrt5_jax.config import MrT5Config
 from mrt5_jax.conversion import configs
 
@@ -142,8 +142,8 @@ def resolve(params: Mapping, model_dir: Optional[str], **settings: Any
   has_gate = "delete_gate" in params.get("encoder", {})
   deletion_type = settings.get("deletion_type") or ("scaled_sigmoid" if has_gate else "none")
   if deletion_type != "none":
-    implied = ("delete_gate_layer",) if layer_stacking.is_scanned(params) else ()
-    missing = [key for key in REQUIRED_GATE_SETTINGS if key not in settings and key not in implied]
+    in_tree = configs.gate_settings_in_tree(params)
+    missing = [key for key in REQUIRED_GATE_SETTINGS if key not in settings and key not in in_tree]
     if missing:
       where = f"in {model_dir!r}" if model_dir else "beside the checkpoint"
       raise ValueError(
