@@ -11,8 +11,9 @@ from tests.fixtures import as_tuple, model_config, small_batch
 
 @pytest.fixture(autouse=True)
 def _no_gin_bindings_leak():
-  """A test that parses gin leaves nothing bound for the next test on its worker."""
+  """Every test starts without gin bindings and leaves none for the next test on its worker."""
   import gin
+  gin.clear_config()
   yield
   gin.clear_config()
 

@@ -24,10 +24,8 @@ STEPS = 12
 
 @pytest.fixture(autouse=True)
 def _reset():
-  gin.clear_config()
   tasks.set_tfds_data_dir(None)
   yield
-  gin.clear_config()
   tasks.set_tfds_data_dir(None)
 
 

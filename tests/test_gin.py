@@ -15,13 +15,6 @@ REQUIRED = ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/ckpt'",
             "MIXTURE_OR_TASK_NAME = 'mrt5.span_corruption.sample'"]
 
 
-@pytest.fixture(autouse=True)
-def clean_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def test_expected_files_ship():
   names = {os.path.relpath(p, CONFIGS) for p in MODEL_FILES + RUN_FILES}
   for family in ("byt5", "mrt5", "bp", "cp"):

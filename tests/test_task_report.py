@@ -1,7 +1,6 @@
 """Per-task reports: rows per language agree with independent scoring and hand FLOP counts."""
 import dataclasses
 
-import gin
 import jax
 import numpy as np
 import pytest
@@ -21,13 +20,6 @@ INPUTS = 64
 LENGTHS = {"inputs": INPUTS, "targets": tasks.span_corruption_lengths(INPUTS)[1]}
 MIXTURE = "test.report.sample2"
 LANGUAGES = ("en", "th")
-
-
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
 
 
 def _dataset(name, batch_size=4):

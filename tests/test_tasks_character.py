@@ -15,13 +15,6 @@ SPELLING_LENGTHS = {"inputs": 64, "targets": 64}
 WORD_SEARCH_LENGTHS = {"inputs": 128, "targets": 16}
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _published_row(text, length):
   """What the published preprocess_char_dataset.py writes for one side: [[ids]]."""
   ids = [b + 3 for b in text.encode("utf-8")][:length - 1] + [1]

@@ -42,13 +42,6 @@ def reference_rule(task, text):
   raise AssertionError(task)
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _examples(task, split, n=200, **kwargs):
   return list(diagnostic.generate_dataset(
       task, split, diagnostic.DiagnosticConfig(**kwargs)).take(n)

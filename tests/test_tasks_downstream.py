@@ -33,10 +33,8 @@ def tfds_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _reset():
-  gin.clear_config()
   tasks.set_tfds_data_dir(None)
   yield
-  gin.clear_config()
   tasks.set_tfds_data_dir(None)
 
 

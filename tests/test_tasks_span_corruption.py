@@ -40,13 +40,6 @@ def reconstruct(inputs, targets, max_data_id=MAX_DATA_ID):
   return np.asarray(out)
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def test_byt5_lengths():
   assert tasks.span_corruption_lengths(1024, 0.15, 20.0) == (1193, 189)
   assert tasks.span_corruption_lengths(1024) == (1193, 189)

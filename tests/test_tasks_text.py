@@ -23,13 +23,6 @@ SCRIPTS = {"en": "LATIN", "fr": "LATIN", "es": "LATIN", "de": "LATIN",
            "hi": "DEVANAGARI", "zh": "CJK UNIFIED IDEOGRAPH", "th": "THAI"}
 
 
-@pytest.fixture(autouse=True)
-def _clear_gin():
-  gin.clear_config()
-  yield
-  gin.clear_config()
-
-
 def _script_share(text, script):
   letters = [c for c in text if c.isalpha()]
   return sum(unicodedata.name(c, "").startswith(script)
