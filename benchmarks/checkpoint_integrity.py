@@ -6,7 +6,7 @@
 The state is a ByT5-size train state (params + AdamW moments, float32, filled with
 random normals so that compression does not shrink it) laid out as the trainer
 saves it. Per repeat, alternately: orbax's CheckpointManager with the project's
-options but no record (the baseline) and ``checkpoints.Manager`` (record written
+options but no record (the baseline) and ``writer.Manager`` (record written
 before the commit), each saving and waiting until committed; then restoring a
 step without and with ``checkpoint_integrity.verify`` first, each from a cold
 page cache (the step's files are evicted with posix_fadvise) and from a warm one.
@@ -30,10 +30,12 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from mrt5_jax import checkpoint_integrity as integrity
-from mrt5_jax import checkpoints, optimizers
-from mrt5_jax.config import preset
-from mrt5_jax.trainer import Trainer
+from mrt5_jax.checkpointing import integrity
+from mrt5_jax.checkpointing import readers
+from mrt5_jax.checkpointing import writer
+from mrt5_jax.training import optimizers
+from mrt5_jax.model.config import preset
+from mrt5_jax.training.trainer import Trainer
 
 
 def random_state(size: str, params_only: bool) -> dict:
@@ -77,13 +79,13 @@ def plain_manager(directory: str) -> ocp.CheckpointManager:
       enable_async_checkpointing=True, create=True, cleanup_tmp_directories=True,
       async_options=ocp.AsyncOptions(create_directories_asynchronously=False))
   return ocp.CheckpointManager(directory, options=options,
-                               item_names=(checkpoints.STATE, checkpoints.DATA_ITERATOR))
+                               item_names=(readers.STATE, writer.DATA_ITERATOR))
 
 
 def timed_save(mngr, step, state) -> float:
   release_memory()
   start = time.perf_counter()
-  checkpoints.save(mngr, step, state, {"batches_consumed": step})
+  writer.save(mngr, step, state, {"batches_consumed": step})
   mngr.wait_until_finished()
   return time.perf_counter() - start
 
@@ -99,7 +101,7 @@ def timed_restore(directory, step, target, verify: bool, cold: bool) -> tuple[fl
     assert integrity.verify(step_dir, step)
   verified = time.perf_counter()
   mngr = plain_manager(directory)
-  state, _ = checkpoints.restore(mngr, step, target)
+  state, _ = writer.restore(mngr, step, target)
   jax.block_until_ready(state)
   end = time.perf_counter()
   mngr.close()
@@ -132,7 +134,7 @@ def main(argv=None) -> int:
       shutil.rmtree(directory, ignore_errors=True)
     with plain_manager(plain_dir) as mngr:
       times["save_plain"].append(timed_save(mngr, repeat, state))
-    with checkpoints.Manager(recorded_dir, async_save=False) as mngr:
+    with writer.Manager(recorded_dir, async_save=False) as mngr:
       times["save_recorded"].append(timed_save(mngr, repeat, state))
     start = time.perf_counter()  # the hook's work alone, on the files just written
     integrity.write_record(os.path.join(recorded_dir, str(repeat)), repeat)

@@ -1,1 +1,1 @@
-"""gin files: models/, runs/, t5x/. Installed as package data; see mrt5_jax.gin_utils."""
+"""gin files: models/, runs/, t5x/. Installed as package data; see mrt5_jax.cli.gin_flags."""

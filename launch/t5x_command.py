@@ -1,7 +1,7 @@
 """Command lines for ``python -m t5x.{train,eval,infer}`` with mrt5-jax gin files.
 
 Pure functions that return argv lists; the launchers print or run them. gin
-bindings follow ``mrt5-train``'s convention (``mrt5_jax.gin_values``): bare
+bindings follow ``mrt5-train``'s convention (``mrt5_jax.cli.gin_values``): bare
 strings are quoted for gin, values already in gin syntax pass unchanged, and
 ``--gin.NAME=VALUE`` is accepted as well as ``--gin=NAME=VALUE``.
 """
@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Iterable, Mapping, Optional, Sequence
 
-from mrt5_jax import gin_values
+from mrt5_jax.cli import gin_values
 
 TOOLS = ("train", "eval", "infer")
 

@@ -14,9 +14,10 @@ install t5x, airio and jestimator ``--no-deps`` at the commits of the file's
 ``source:`` lines (their own setup files pull several dependencies from git
 heads, which would move the tested set); install this project (editable,
 ``-c`` the file); check the result. A ``--source`` directory is copied into
-``<venv>/src/`` before it is installed (pip builds in place) and is taken to
-be at the pinned commit. Standard library only, so it runs before anything
-is installed.
+``<venv>/src/`` before it is installed (pip builds in place). Where it is a
+git checkout (has ``.git``) its HEAD must be the pinned commit; where it is
+not (or git cannot read it) that cannot be checked, and a note says so.
+Standard library only, so it runs before anything is installed.
 """
 from __future__ import annotations
 
@@ -121,6 +122,37 @@ def check_python(tested: TestedSet) -> int:
   return 1
 
 
+def source_commit_note(name: str, path: str, pinned: str) -> Optional[str]:
+  """Check a ``--source`` checkout's commit against the pin.
+
+  Returns None when ``path`` is a git checkout at ``pinned`` with no changes to
+  tracked files, else a note for the user (no ``.git``, git unavailable,
+  local changes).
+
+  Raises:
+    ValueError: the checkout is at another commit.
+  """
+  if not os.path.exists(os.path.join(path, ".git")):
+    return (f"--source {name}: {path} has no .git, so its commit cannot be checked; it is "
+            f"taken to be at the pinned commit {pinned}")
+  try:
+    head = subprocess.run(["git", "-C", path, "rev-parse", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", path, "status", "--porcelain", "--untracked-files=no"],
+                           check=True, capture_output=True, text=True).stdout.strip()
+  except (OSError, subprocess.CalledProcessError) as error:
+    detail = getattr(error, "stderr", "") or str(error)
+    return (f"--source {name}: git could not read the commit of {path} ({detail.strip()}); it is "
+            f"taken to be at the pinned commit {pinned}")
+  if head != pinned:
+    raise ValueError(f"--source {name}: {path} is at commit {head}, but the constraints file "
+                     f"pins {pinned}: run git -C {shlex.quote(path)} checkout {pinned}")
+  if dirty:
+    return (f"--source {name}: {path} is at the pinned commit but has uncommitted changes to "
+            "tracked files, which are installed as they are")
+  return None
+
+
 def build_steps(venv: str, *, python: str = sys.executable, tested: Optional[TestedSet] = None,
                 local_sources: Optional[Mapping[str, str]] = None, tpu: bool = False,
                 project: Optional[str] = REPO_ROOT, extras: Sequence[str] = ()
@@ -139,6 +171,10 @@ def build_steps(venv: str, *, python: str = sys.executable, tested: Optional[Tes
            pip + ["-c", tested.path] + (["-f", LIBTPU_RELEASES] if tpu else [])
            + requirements(tested, tpu)]
   specs = []
+  for name, path in local_sources.items():
+    note = source_commit_note(name, os.path.abspath(path), tested.sources[name].commit)
+    if note:
+      print(f"t5x_env: {note}", file=sys.stderr)
   if local_sources:
     steps.append(["mkdir", "-p", os.path.join(venv, "src")])
   for name in SOURCE_NAMES:
@@ -225,7 +261,8 @@ def add_env_flags(parser: argparse.ArgumentParser) -> None:
                       help="jax[tpu] at the pinned jax version (Cloud TPU VM)")
   parser.add_argument("--source", action="append", default=[], metavar="NAME=DIR",
                       help="install t5x, airio or jestimator from a local checkout at the "
-                      "pinned commit instead of GitHub (repeatable)")
+                      "pinned commit instead of GitHub (repeatable; a git checkout's HEAD "
+                      "is checked against the pin)")
   parser.add_argument("--extras", default="",
                       help="extras of this project to install too, e.g. 'test'")
   parser.add_argument("--no-project", action="store_true", help="do not install this project")

@@ -22,6 +22,14 @@ import seqio
 import tensorflow as tf
 
 
+# How each entry point takes the data dir (the mrt5-* commands accept only
+# --gin_file and --gin.NAME=VALUE flags; --tfds_data_dir is t5x's flag).
+DATA_DIR_HINT = ("mrt5-train/mrt5-eval/mrt5-inspect "
+                 "--gin.mrt5_jax.tasks.tfds_data_dir.path=DIR (or the environment "
+                 "variable TFDS_DATA_DIR=DIR); t5x.train/t5x.eval --tfds_data_dir=DIR; "
+                 "in Python mrt5_jax.tasks.set_tfds_data_dir(DIR).")
+
+
 def set_tfds_data_dir(path: Optional[str]) -> None:
   """Reads every TFDS dataset from ``path`` (None: back to the defaults)."""
   seqio.utils.set_tfds_data_dir_override(os.fspath(path) if path else None)
@@ -80,8 +88,7 @@ def check_prepared(tfds_name: str, tfds_split: str, data_dir: str,
         f"TFDS dataset '{tfds_name}', {where}, is not prepared in data dir "
         f"'{data_dir}' (no {info_path}).{found_text} "
         f"{prepare_hint.format(data_dir=data_dir)} Then point mrt5-jax at the "
-        "data dir: --tfds_data_dir=DIR, mrt5_jax.tasks.set_tfds_data_dir(DIR) "
-        "or the gin binding mrt5_jax.tasks.tfds_data_dir.path = 'DIR'.")
+        f"data dir: {DATA_DIR_HINT}")
   with tf.io.gfile.GFile(info_path) as f:
     splits = [s.get("name") for s in json.load(f).get("splits", [])]
   if tfds_split.split("[", 1)[0] not in splits:

@@ -26,7 +26,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def tiny_model(tiny_config):
   """(module, variables) of the tiny size, initialised with seed 0."""
-  from mrt5_jax import network
+  from mrt5_jax.model import network
   module = network.Transformer(tiny_config)
   variables = module.init(jax.random.PRNGKey(0), *as_tuple(small_batch()), enable_dropout=False)
   return module, variables

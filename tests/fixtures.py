@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import logging
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 
-from mrt5_jax import config as config_lib
+from mrt5_jax.model import config as config_lib
 
 # Small shapes, all from the `tiny` size: `network` (4 + 2 layers, gate at
 # layer 2) for network-level tests, `trainer` (2 + 1 layers, gate at layer 1)
@@ -23,6 +27,21 @@ CONFIGS = {
     "preset": dict(),
 }
 SEQ = 24
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(TESTS_DIR)
+
+
+def run_python(args, timeout: int = 600, **popen) -> subprocess.CompletedProcess:
+  """``python ARGS`` in a subprocess from the repository root, output captured as text."""
+  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+  return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                        timeout=timeout, env=env, cwd=REPO_ROOT, **popen)
+
+
+def run_cli(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
+  """``python -m MODULE ARGS`` (a command-line front end) as ``run_python`` runs it."""
+  return run_python(["-m", module, *args], timeout=timeout)
 
 
 def model_config(kind: str = "network", **overrides) -> config_lib.MrT5Config:
@@ -76,7 +95,7 @@ def as_tuple(batch: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def init_params(config, batch, seed: int = 0):
   """(module, params) of ``config`` initialised on ``batch`` (a dict or a tuple)."""
   import jax
-  from mrt5_jax.network import Transformer
+  from mrt5_jax.model.network import Transformer
   enc, dec_in, tgt = as_tuple(batch) if isinstance(batch, dict) else batch
   module = Transformer(config)
   variables = module.init({"params": jax.random.PRNGKey(seed),
@@ -120,27 +139,27 @@ def diagnostic_dataset(task: str = "copy", batch_size: int = 4, seed: int = 0,
   """A seqio stream of a diagnostic task at ``length`` bytes (gin reset first)."""
   import gin
   import mrt5_jax.tasks  # noqa: F401  (registers the tasks and their gin knobs)
-  from mrt5_jax import data
+  from mrt5_jax.data import pipeline
   gin.clear_config()
   gin.bind_parameter("mrt5_jax.tasks.diagnostic_config.sequence_length", length)
-  return data.DatasetConfig(mixture_or_task_name=f"mrt5.diagnostic.{task}",
+  return pipeline.DatasetConfig(mixture_or_task_name=f"mrt5.diagnostic.{task}",
                             task_feature_lengths={"inputs": length, "targets": length},
                             split=split, batch_size=batch_size, seed=seed,
                             shuffle=split == "train")
 
 
 def train_run(model_dir, steps, *, dataset, config=None, controller=None, lr=3e-3, **kwargs):
-  """``trainer.train`` with small-run defaults (log every step, no TensorBoard)."""
-  from mrt5_jax import controller as ctl
-  from mrt5_jax import objective as obj
-  from mrt5_jax import optimizers
-  from mrt5_jax import trainer
+  """``jobs.train.train`` with small-run defaults (log every step, no TensorBoard)."""
+  from mrt5_jax.maths import controller as ctl
+  from mrt5_jax.training import objective as obj
+  from mrt5_jax.training import optimizers
+  from mrt5_jax.jobs import train as train_job
   kwargs.setdefault("log_every", 1)
   kwargs.setdefault("checkpoint_every", 1000)
   kwargs.setdefault("async_checkpointing", False)
   kwargs.setdefault("tensorboard", False)
   kwargs.setdefault("objective", obj.ObjectiveConfig())
-  return trainer.train(
+  return train_job.train(
       model_dir=str(model_dir), model_config=config or model_config("trainer"),
       train_dataset=dataset, train_steps=steps,
       optimizer=optimizers.OptimizerConfig(learning_rate=optimizers.linear_decay(lr, max(steps, 1))),

@@ -4,11 +4,11 @@
       [PROCESS_ID NUM_PROCESSES PORT]
 
 Binds ``DistributedConfig`` through gin as ``mrt5-train`` users do, joins the
-run with ``mrt5_jax.distributed.initialize`` (CPU collectives over gloo), trains
+run with ``mrt5_jax.parallel.distributed.initialize`` (CPU collectives over gloo), trains
 the tests' small model (``tests/fixtures.py``) on the vowel-removal task read in
 two data shards, evaluates at the last step, and writes the per-step metrics, the
 evaluation, the deletion profile and the resume mode as JSON.
-tests/test_multiprocess.py starts it.
+tests/integration/test_multiprocess.py starts it.
 """
 import json
 import logging
@@ -21,8 +21,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import dataclasses  # noqa: E402
 
-from mrt5_jax import distributed  # noqa: E402
-from mrt5_jax import gin_utils  # noqa: E402
+from mrt5_jax.parallel import distributed  # noqa: E402
+from mrt5_jax.cli import gin_flags  # noqa: E402
+import mrt5_jax.jobs.evaluate  # noqa: E402,F401  (the jobs are registered with gin)
+import mrt5_jax.jobs.inspect  # noqa: E402,F401
+import mrt5_jax.jobs.train  # noqa: E402,F401
+from mrt5_jax.jobs import gin_files  # noqa: E402
 
 BATCH = 4
 SHARDS = 2
@@ -31,14 +35,14 @@ SHARDS = 2
 def main(out, model_dir, steps, stop_after, process_id=None, num_processes=None, port=None):
   bindings = []
   if num_processes is not None:
-    bindings = [gin_utils.binding_from_flag(f"DistributedConfig.{k}", str(v)) for k, v in (
+    bindings = [gin_flags.binding_from_flag(f"DistributedConfig.{k}", str(v)) for k, v in (
         ("coordinator_address", f"127.0.0.1:{port}"), ("num_processes", num_processes),
         ("process_id", process_id), ("initialization_timeout", 120))]
-  gin_utils.parse([], bindings, finalize=False)
+  gin_files.parse([], bindings, finalize=False)
   mode = distributed.initialize()
 
   import jax
-  from mrt5_jax import controller as ctl
+  from mrt5_jax.maths import controller as ctl
   from tests.fixtures import diagnostic_dataset, train_run
 
   records = []

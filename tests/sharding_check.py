@@ -1,6 +1,6 @@
 """Run as a script: one train step on an 8-device CPU mesh (data 4 x model 2) vs 1 device.
 
-XLA_FLAGS must be set before jax starts, so tests/test_partitioning.py runs this
+XLA_FLAGS must be set before jax starts, so tests/unit/parallel/test_partitioning.py runs this
 in a subprocess and reads the JSON it prints.
 """
 import json
@@ -15,10 +15,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mrt5_jax import controller as ctl  # noqa: E402
-from mrt5_jax import optimizers  # noqa: E402
-from mrt5_jax import partitioning  # noqa: E402
-from mrt5_jax import trainer as trainer_lib  # noqa: E402
+from mrt5_jax.maths import controller as ctl  # noqa: E402
+from mrt5_jax.training import optimizers  # noqa: E402
+from mrt5_jax.parallel import partitioning  # noqa: E402
+from mrt5_jax.training import trainer as trainer_lib  # noqa: E402
 from tests.fixtures import byte_batch, model_config  # noqa: E402
 
 

@@ -26,18 +26,21 @@ length, encoder time and peak memory side by side; ``--config auto`` picks
 ``--target``: ``host``, or ``tpu`` (one chip of ``--topology``, compiled by
 libtpu without a TPU); ``auto`` takes a TPU chip on a CPU host with libtpu
 installed, else the host. ``deletion``: trains each recipe on each task and
-reports eval deletion, soft and hard cross entropy (README "Deletion control").
+reports eval deletion, soft and hard cross entropy (docs/deletion_control.md).
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 import jax
 
-from mrt5_jax import benchmarking
-from mrt5_jax import memory_benchmarking
-from mrt5_jax.config import REMAT_POLICIES, SIZES
+from mrt5_jax.cli import common
+from mrt5_jax.studies import deletion_control
+from mrt5_jax.studies import inference_speed
+from mrt5_jax.studies import memory as memory_benchmarking
+from mrt5_jax.model.config import REMAT_POLICIES, SIZES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -142,27 +145,24 @@ def _run_inference(args) -> dict:
   config = args.config
   if config == "auto":
     config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
-  return benchmarking.run_inference_benchmark(config, rates, args.length, args.target_length,
+  return inference_speed.run_inference_benchmark(config, rates, args.length, args.target_length,
                                               args.batch, args.repeats,
                                               baselines=not args.no_baselines)
 
 
 def _run_deletion(args) -> dict:
-  import dataclasses
-  from mrt5_jax import deletion_study
-  from mrt5_jax.cli import common
   common.setup_logging()
   recipes = []
   for name in args.recipes.split(","):
-    if name not in deletion_study.RECIPES:
-      raise SystemExit(f"unknown recipe {name!r}; choose from {sorted(deletion_study.RECIPES)}")
-    recipes.append(deletion_study.RECIPES[name])
+    if name not in deletion_control.RECIPES:
+      raise SystemExit(f"unknown recipe {name!r}; choose from {sorted(deletion_control.RECIPES)}")
+    recipes.append(deletion_control.RECIPES[name])
   targets = [float(t) for t in args.targets.split(",") if t]
-  rows = deletion_study.run_study(
+  rows = deletion_control.run_study(
       args.tasks.split(","), recipes, targets, work_dir=args.work_dir, steps=args.steps,
       pretrain_steps=args.pretrain_steps, continue_steps=args.continue_steps,
       extra_bindings=args.gin)
-  print(deletion_study.markdown_table(rows))
+  print(deletion_control.markdown_table(rows))
   return {"rows": [dataclasses.asdict(row) for row in rows]}
 
 
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
   except ValueError as error:
     raise SystemExit(f"mrt5-bench: error: {error}") from None
   if args.output:
-    benchmarking.write_json(result, args.output)
+    inference_speed.write_json(result, args.output)
     print(f"wrote {args.output}")
   return 0
 

@@ -2,8 +2,12 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, Callable, Optional, Sequence
+
+from mrt5_jax.checkpointing.integrity import CheckpointSaveError
+from mrt5_jax.cli import gin_flags
 
 
 def _is_orbax(filename: str) -> bool:
@@ -75,6 +79,19 @@ def _message(error: BaseException) -> str:
   return str(error).split("\n  In call to configurable")[0]
 
 
+_PYTHON_ERROR_LINE = re.compile(r"^(ValueError|FileNotFoundError): (.+)$", re.MULTILINE)
+
+
+def input_error_inside_tensorflow(error: BaseException) -> Optional[str]:
+  """The one-line reason of a ValueError/FileNotFoundError that a data source raised inside
+  tf.data (``Dataset.from_generator``), which TensorFlow re-raises as an ``OpError`` whose
+  message carries the Python traceback; None for any other error."""
+  if not type(error).__module__.startswith("tensorflow"):
+    return None
+  matches = _PYTHON_ERROR_LINE.findall(str(getattr(error, "message", error)))
+  return matches[-1][1] if matches else None
+
+
 def run_gin_job(prog: str, doc: str, argv: Optional[Sequence[str]],
                 job: Callable[[], Any]) -> tuple[Optional[int], Any]:
   """Parse ``--gin_file``/``--gin.NAME=VALUE`` flags and run ``job()``.
@@ -82,16 +99,16 @@ def run_gin_job(prog: str, doc: str, argv: Optional[Sequence[str]],
   Returns ``(None, result)`` on success, else ``(exit_code, None)`` after
   printing a one-line reason: 0 for --help, 2 for bad flags or a missing
   binding, 1 for bad input the job refused (ValueError, FileNotFoundError;
-  a damaged checkpoint is one) and for a checkpoint that could not be saved.
+  a damaged checkpoint is one, also when a data source raised it inside tf.data)
+  and for a checkpoint that could not be saved.
   """
   argv = sys.argv[1:] if argv is None else list(argv)
   if any(a in ("-h", "--help") for a in argv):
     print(doc)
     return 0, None
   setup_logging()
-  from mrt5_jax import gin_utils
   try:
-    rest = gin_utils.parse_argv(argv)
+    rest = gin_flags.parse_argv(argv)
   except ValueError as e:
     print(f"{prog}: {e}", file=sys.stderr)
     return 2, None
@@ -99,7 +116,6 @@ def run_gin_job(prog: str, doc: str, argv: Optional[Sequence[str]],
     print(f"{prog}: unknown arguments {rest} (use --gin_file and --gin.NAME=VALUE)",
           file=sys.stderr)
     return 2, None
-  from mrt5_jax.checkpoint_integrity import CheckpointSaveError
   try:
     return None, job()
   except CheckpointSaveError as e:
@@ -112,4 +128,10 @@ def run_gin_job(prog: str, doc: str, argv: Optional[Sequence[str]],
     return 2, None
   except (ValueError, FileNotFoundError) as e:
     print(f"{prog}: {_message(e)}", file=sys.stderr)
+    return 1, None
+  except Exception as e:  # noqa: BLE001  (re-raised unless it wraps bad input)
+    reason = input_error_inside_tensorflow(e)
+    if reason is None:
+      raise
+    print(f"{prog}: {reason}", file=sys.stderr)
     return 1, None

@@ -19,7 +19,10 @@ import logging
 import sys
 from typing import Optional, Sequence
 
-from mrt5_jax.config import DELETION_TYPES
+from mrt5_jax.checkpointing.integrity import CheckpointSaveError
+from mrt5_jax.cli import common
+from mrt5_jax.conversion import convert
+from mrt5_jax.model.shortening.registry import DELETION_TYPES
 
 
 def _bool(text: str) -> bool:
@@ -71,9 +74,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
   logging.getLogger("mrt5_jax").setLevel(logging.INFO)
   logging.getLogger("absl").setLevel(logging.ERROR)  # orbax's notes on partial restores
-  from mrt5_jax.checkpoint_integrity import CheckpointSaveError
-  from mrt5_jax.cli import common
-  from mrt5_jax.conversion import convert
   common.quiet_checkpoint_noise()
   try:
     if args.command == "to-pytorch":

@@ -26,24 +26,27 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mrt5_jax.cli import common  # noqa: E402
+# Every gin entry point is imported, so a run file's bindings of any of them parse.
+from mrt5_jax.jobs import evaluate, inspect, train  # noqa: E402
+from mrt5_jax.evaluation import deletion_analysis, task_report  # noqa: E402
+from mrt5_jax.model.shortening.base import Shortening  # noqa: E402
+from mrt5_jax.model.shortening.registry import SHORTENINGS  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   def job():
-    from mrt5_jax import evaluation
-    return evaluation.evaluate()
+    return evaluate.evaluate()
 
   code, results = common.run_gin_job("mrt5-eval", __doc__, argv, job)
   if code is not None:
     return code
-  from mrt5_jax import task_report
   print(f"checkpoint: {results['checkpoint']}")
   print(f"{results['mixture_or_task_name']} ({results['split']} split), "
         f"{results['examples']} examples")
   print(task_report.format_table(results))
-  pooled = results.get("deletion_type") in ("boundary", "conv")
-  print(f"{'pooled away most (not a slot of its own)' if pooled else 'most deleted'}: "
-        f"{results['most_deleted']}")
+  shortening = SHORTENINGS.get(results.get("deletion_type"), Shortening)
+  print(f"{shortening.most_deleted_label}: "
+        f"{deletion_analysis.describe_most_deleted(results['most_deleted'])}")
   if results.get("report_path"):
     print(f"report: {results['report_path']}")
   return 0

@@ -25,6 +25,9 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mrt5_jax.cli import common  # noqa: E402
+# Every gin entry point is imported, so a run file's bindings of any of them parse.
+from mrt5_jax.jobs import evaluate, inspect, train  # noqa: E402
+from mrt5_jax.reporting import deletion_html  # noqa: E402
 
 
 def _colour() -> bool:
@@ -33,25 +36,27 @@ def _colour() -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   def job():
-    from mrt5_jax import deletion_report
-    return deletion_report.inspect_deletion()
+    return inspect.inspect_deletion()
 
   code, result = common.run_gin_job("mrt5-inspect", __doc__, argv, job)
   if code is not None:
     return code
-  from mrt5_jax import deletion_report as report
   per_label = result["samples_per_label"]
-  render = report.render_ansi if _colour() else report.render_plain
+  verb = result.get("verb", "deleted")  # "pooled" for the BP/CP baselines
+  render = deletion_html.render_ansi if _colour() else deletion_html.render_plain
   print(f"checkpoint: {result['checkpoint']}")
-  print("legend: " + (report.ANSI_LEGEND if _colour() else "[deleted]  {partly deleted}  kept"))
+  print("legend: " + (deletion_html.ansi_legend(verb) if _colour()
+                      else deletion_html.plain_legend(verb)))
   shown: dict[str, int] = {}
   for sample in result["samples"]:
     if shown.get(sample.label, 0) < per_label:
       shown[sample.label] = shown.get(sample.label, 0) + 1
-      print(f"\n{sample.label} ({len(sample.tokens)} bytes, {sample.deleted.mean():.1%} deleted):")
+      print(f"\n{sample.label} ({len(sample.tokens)} bytes, {sample.deleted.mean():.1%} {verb}):")
       print(render(sample))
   summary = result["summary"]
-  print(f"\n{'language':<12} {'samples':>7} {'bytes':>7} {'bytes del':>9} {'chars del':>9}")
+  short = verb[:3]
+  print(f"\n{'language':<12} {'samples':>7} {'bytes':>7} {'bytes ' + short:>9} "
+        f"{'chars ' + short:>9}")
   for label, entry in summary["per_label"].items():
     print(f"{label:<12} {entry['samples']:>7} {entry['bytes']:>7} "
           f"{entry['byte_deletion_rate']:>9.3f} {entry['character_deletion_rate']:>9.3f}")

@@ -4,13 +4,13 @@
   python -m mrt5_jax.cli.train --gin_file=runs/mrt5_small_continued_pretraining.gin \
       --gin.MODEL_DIR=gs://... --gin.INIT_CHECKPOINT=/path/to/converted/byt5_small
 
-Runs ``mrt5_jax.trainer.train`` with the bound arguments; ends by printing the
+Runs ``mrt5_jax.jobs.train.train`` with the bound arguments; ends by printing the
 deletion rate reached against the target and where the checkpoint is. A
 damaged newest checkpoint is moved to MODEL_DIR/checkpoints_damaged/ and the
 run resumes from the newest intact one (``--gin.train.on_damaged_checkpoint=error``
 stops instead); a checkpoint that cannot be saved ends the run with one line
 and exit code 1. Several processes form one run through ``DistributedConfig``
-(``mrt5_jax.distributed``: automatic on a Cloud TPU VM slice, else
+(``mrt5_jax.parallel.distributed``: automatic on a Cloud TPU VM slice, else
 ``--gin.DistributedConfig.{coordinator_address,num_processes,process_id}=...``),
 initialised before anything uses JAX.
 """
@@ -23,6 +23,10 @@ from typing import Optional, Sequence
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mrt5_jax.cli import common  # noqa: E402
+# Every gin entry point is imported, so a run file's bindings of any of them parse.
+from mrt5_jax.jobs import evaluate, inspect, train  # noqa: E402
+from mrt5_jax.evaluation.evaluator import describe_profile  # noqa: E402
+from mrt5_jax.parallel import distributed  # noqa: E402
 
 
 def summary(result) -> str:
@@ -41,7 +45,6 @@ def summary(result) -> str:
                  f"deletion rate {values['deletion_rate']:.3f}, kept length "
                  f"{values['kept_length']:.1f}/{values['real_length']:.1f}")
   if result.deletion_profile:
-    from mrt5_jax.evaluation import describe_profile
     lines.append("most deleted input bytes (eval): " + describe_profile(result.deletion_profile))
   lines.append(f"checkpoint: {result.checkpoint_dir}")
   lines.append(f"TensorBoard: tensorboard --logdir {result.model_dir}")
@@ -50,10 +53,8 @@ def summary(result) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
   def job():
-    from mrt5_jax import distributed
     distributed.initialize()
-    from mrt5_jax import trainer
-    return trainer.train()
+    return train.train()
 
   code, result = common.run_gin_job("mrt5-train", __doc__, argv, job)
   if code is not None:

@@ -4,7 +4,7 @@
 ``configs``: MrT5Config <-> HF config.json, sizes inferred from params.
 ``folders``: HF folders and all-or-nothing output directories.
 ``convert``: ``to_pytorch`` / ``from_pytorch`` behind ``mrt5-convert`` (checkpoints are
-read by ``mrt5_jax.checkpoints``, which reads every layout).
+read by ``mrt5_jax.checkpointing.checkpoints``, which reads every layout).
 
 Importing this package loads only ``mapping`` and ``configs`` (no orbax, no torch).
 """

@@ -11,8 +11,10 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mrt5_jax.config import DELETION_TYPES, SIZE_FIELDS, MrT5Config, size_of
-from mrt5_jax import layer_stacking, trees
+from mrt5_jax.model.config import SIZE_FIELDS, MrT5Config, size_of
+from mrt5_jax.model.shortening.registry import DELETION_TYPES, SHORTENINGS, shortening_for
+from mrt5_jax.model import layer_stacking
+from mrt5_jax.maths import trees
 
 # Gate settings that change what a gated network computes; a config that lacks
 # any of them is refused rather than completed with a default.
@@ -23,8 +25,10 @@ GATE_KEYS = ("delete_gate_layer", "sigmoid_mask_scale", "deletion_threshold", "u
 HF_DTYPES = {"float32": "float32", "bfloat16": "bfloat16"}
 
 
-# Parameter subtrees of the pooling baselines, which have no PyTorch counterpart.
-POOLING_SUBTREES = ("boundary_predictor", "conv_pool")
+# The shortenings without a PyTorch counterpart (the pooling baselines), by the
+# parameter subtree each owns.
+NOT_CONVERTIBLE = {cls.module_name: cls for cls in SHORTENINGS.values() if not cls.converts}
+POOLING_SUBTREES = tuple(NOT_CONVERTIBLE)
 
 
 class NotConvertibleError(ValueError):
@@ -37,23 +41,22 @@ def check_convertible(config: Optional[MrT5Config] = None, params: Optional[Mapp
   PyTorch class loads BP (boundary predictor) or CP (convolutional pooling)
   checkpoints, so converting one would write a folder nothing can read."""
   kind = None
-  if config is not None and config.is_pooling:
-    kind = config.deletion_type
+  if config is not None and not shortening_for(config).converts:
+    kind = type(shortening_for(config))
   encoder = (params or {}).get("encoder", {}) if params is not None else {}
   found = [name for name in POOLING_SUBTREES if name in encoder]
   if kind is None and found:
-    kind = "boundary" if found[0] == "boundary_predictor" else "conv"
+    kind = NOT_CONVERTIBLE[found[0]]
   if kind is not None:
-    name = {"boundary": "BP (boundary predictor)", "conv": "CP (convolutional pooling)"}[kind]
     raise NotConvertibleError(
-        f"this is a {name} checkpoint (deletion_type={kind!r}); the pooling baselines do not "
+        f"this is a {kind.title} checkpoint (deletion_type={kind.name!r}); the pooling baselines do not "
         "convert to PyTorch: neither the published MrT5 code nor mrt5_jax.pytorch has these "
         "models. Evaluate it with mrt5-eval instead.")
 
 
 def is_plain_t5(config: MrT5Config) -> bool:
   """True when plain T5ForConditionalGeneration computes the same function."""
-  return not config.has_gate and not config.use_softmax1
+  return not shortening_for(config).shortens and not config.use_softmax1
 
 
 def to_hf_config(config: MrT5Config, dtype: str = "float32") -> dict[str, Any]:

@@ -8,8 +8,16 @@ from typing import Any, Optional
 
 import numpy as np
 
-from mrt5_jax import checkpoints, trees
-from mrt5_jax.conversion import configs, folders, mapping, run_config
+from mrt5_jax.checkpointing import integrity
+from mrt5_jax.checkpointing import readers
+from mrt5_jax.checkpointing import writer
+from mrt5_jax.maths import trees
+# the submodules themselves, not the package (whose __init__ re-exports for users)
+import mrt5_jax.conversion.configs as configs
+import mrt5_jax.conversion.folders as folders
+import mrt5_jax.conversion.mapping as mapping
+import mrt5_jax.conversion.run_config as run_config
+from mrt5_jax.model.shortening.registry import shortening_for
 
 BYTE_VOCAB_SIZE = 384  # 3 specials + 256 bytes + 125 sentinels: ByT5's tokenizer
 TOKENIZER_CONFIG = {"tokenizer_class": "ByT5Tokenizer", "extra_ids": 125, "eos_token": "</s>",
@@ -43,10 +51,10 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
   """
   numpy_dtype = _numpy_dtype(dtype)
   folders.check_output(output_dir, overwrite)
-  location = checkpoints.locate(checkpoint_dir, step)
+  location = readers.locate(checkpoint_dir, step)
   try:
-    checkpoint = checkpoints.read_checkpoint(location.step_dir)
-  except checkpoints.DamagedCheckpointError as error:
+    checkpoint = readers.read_checkpoint(location.step_dir)
+  except integrity.DamagedCheckpointError as error:
     raise error.suggesting("--step {step}") from None
   logger.info("read %s checkpoint %s (step %d)", checkpoint.layout, checkpoint.path,
               checkpoint.step)
@@ -54,7 +62,7 @@ def to_pytorch(checkpoint_dir: str, output_dir: str, *, step: Optional[int] = No
   config, source = run_config.resolve(checkpoint.params, location.model_dir, **gate_settings)
   configs.check_convertible(config)
   logger.info("model settings from %s: delete_gate_layer=%s, use_softmax1=%s, "
-              "sigmoid_mask_scale=%s", source, config.delete_gate_layer if config.has_gate
+              "sigmoid_mask_scale=%s", source, config.delete_gate_layer if shortening_for(config).shortens
               else None, config.use_softmax1, config.sigmoid_mask_scale)
   state_dict = mapping.jax_to_hf_state_dict(checkpoint.params, config, numpy_dtype)
   hf_config = configs.to_hf_config(config, dtype)
@@ -85,7 +93,7 @@ def from_pytorch(model_dir: str, output_dir: str, *, step: int = 0,
   logger.info("read %s (deletion_type=%s); writing step %d to %s", model_dir,
               config.deletion_type, step, output_dir)
   with folders.atomic_directory(output_dir, overwrite) as staging:
-    checkpoints.save_params_checkpoint(staging, params, config, step)
+    writer.save_params_checkpoint(staging, params, config, step)
   return {"layout": "project", "step": step, "deletion_type": config.deletion_type,
           "num_parameters": int(sum(v.size for v in trees.flatten(params).values())),
           "output": os.path.abspath(output_dir)}

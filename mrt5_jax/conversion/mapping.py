@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from mrt5_jax import layer_stacking, trees
-from mrt5_jax.config import MrT5Config
+from mrt5_jax.model import layer_stacking
+from mrt5_jax.maths import trees
+from mrt5_jax.model.config import MrT5Config
+from mrt5_jax.model.shortening.registry import shortening_for
 from mrt5_jax.conversion.configs import check_convertible
 
 ATTENTION_NAMES = (("query", "q"), ("key", "k"), ("value", "v"), ("out", "o"))
@@ -83,7 +85,7 @@ def parameter_table(config: MrT5Config) -> list[Entry]:
     norm(layer + ("pre_mlp_layer_norm",), f"{hf}.1.layer_norm.weight")
     mlp(layer, f"{hf}.1")
   norm(("encoder", "encoder_norm"), "encoder.final_layer_norm.weight")
-  if cfg.has_learned_gate:
+  if shortening_for(cfg).learned_gate:
     gate, hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
     if cfg.gate_layer_norm:
       norm(gate + ("layer_norm",), f"{hf}.layer_norm.weight")

@@ -18,9 +18,9 @@ from typing import Any, Mapping, Optional
 
 from gin import config_parser
 
-from mrt5_jax import checkpoints
-from mrt5_jax.config import MrT5Config
-from mrt5_jax.conversion import configs
+from mrt5_jax.checkpointing import config_files
+from mrt5_jax.model.config import MrT5Config
+import mrt5_jax.conversion.configs as configs
 
 GIN_FILE = "config.gin"
 CONFIGURABLE = "MrT5Config"
@@ -127,9 +127,9 @@ def resolve(params: Mapping, model_dir: Optional[str], **settings: Any
   if unknown:
     raise ValueError(f"unknown gate settings {unknown}; known: {list(SETTINGS)}")
   settings = {key: value for key, value in settings.items() if value is not None}
-  config = checkpoints.find_config(model_dir)
+  config = config_files.find_config(model_dir)
   if config is not None:
-    source = os.path.join(model_dir, checkpoints.CONFIG_FILE)
+    source = os.path.join(model_dir, config_files.CONFIG_FILE)
   else:
     gin_path = os.path.join(model_dir, GIN_FILE) if model_dir else None
     if gin_path and os.path.isfile(gin_path):
@@ -147,12 +147,12 @@ def resolve(params: Mapping, model_dir: Optional[str], **settings: Any
     if missing:
       where = f"in {model_dir!r}" if model_dir else "beside the checkpoint"
       raise ValueError(
-          f"the checkpoint has a delete gate ({deletion_type}) but no {checkpoints.CONFIG_FILE} "
+          f"the checkpoint has a delete gate ({deletion_type}) but no {config_files.CONFIG_FILE} "
           f"or {GIN_FILE} {where} says how it was configured; missing: "
           + ", ".join(missing) + ". Point --checkpoint at the run's model dir (t5x writes "
           f"{GIN_FILE} there) or give " + " ".join(f"--{key} ..." for key in missing))
   else:
     logger.warning("no %s or %s: converting a gate-less model as plain ByT5%s",
-                   checkpoints.CONFIG_FILE, GIN_FILE,
+                   config_files.CONFIG_FILE, GIN_FILE,
                    "" if "use_softmax1" in settings else " with softmax attention")
   return configs.infer_config(params, **settings), "explicit settings"

@@ -9,6 +9,8 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
 
+from mrt5_jax.model.config import gate_range_error
+
 DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "none")
 LOG_SIGMOID_THRESHOLD = -5.0
 
@@ -18,7 +20,8 @@ class MrT5Config(T5Config):
   """ByT5 sizes by default (vocab 384, gated GELU, untied output projection).
 
   Gate keys: ``delete_gate_layer`` (0-based encoder layer whose input the gate
-  reads), ``sigmoid_mask_scale`` k (< 0; G lies in (k, 0)),
+  reads), ``sigmoid_mask_scale`` k (< 0; G lies in (k, 0); for log_sigmoid
+  only the pad value, its threshold need only be < 0),
   ``deletion_threshold`` (None -> k / 2, or -5 for log_sigmoid; hard deletion
   keeps G > threshold), ``gate_layer_norm``, ``use_softmax1`` (every
   attention layer), ``use_gumbel_noise`` (training only),
@@ -67,11 +70,10 @@ class MrT5Config(T5Config):
     if self.has_gate and not 0 <= self.delete_gate_layer < self.num_layers:
       raise ValueError(f"delete_gate_layer={self.delete_gate_layer} must lie in "
                        f"[0, num_layers={self.num_layers})")
-    if not self.sigmoid_mask_scale < 0:
-      raise ValueError(f"sigmoid_mask_scale must be negative, got {self.sigmoid_mask_scale}")
-    if not self.sigmoid_mask_scale < self.deletion_threshold < 0:
-      raise ValueError(f"deletion_threshold={self.deletion_threshold} must lie strictly between "
-                       f"sigmoid_mask_scale={self.sigmoid_mask_scale} and 0")
+    error = gate_range_error(self.deletion_type, self.sigmoid_mask_scale,
+                             self.deletion_threshold)
+    if error:
+      raise ValueError(error)
     if self.has_absolute_position_embeddings:
       raise ValueError("has_absolute_position_embeddings=True is not supported (MrT5 uses "
                        "relative position biases only)")

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 from typing import Optional
 
 import torch
@@ -31,8 +32,12 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.models.t5.modeling_t5 import (T5Attention, T5ForConditionalGeneration,
                                                 T5LayerNorm, T5Stack)
 
-from mrt5_jax.config import FIXED_DELETION_SEPARATOR_IDS, LEARNED_GATES
+from mrt5_jax.model.config import FIXED_DELETION_SEPARATOR_IDS
 from mrt5_jax.pytorch.configuration import MrT5Config
+
+# The published gates with weights (the PyTorch side mirrors the published
+# MrT5 code, which branches on deletion_type itself).
+LEARNED_GATES = ("scaled_sigmoid", "log_sigmoid")
 
 ATTENTION_IMPLEMENTATION = "mrt5"
 
@@ -86,7 +91,7 @@ def keep_mask(gate: torch.Tensor, real: torch.Tensor, threshold: float) -> torch
   """(B, L) bool: G > threshold on real positions, at least one kept per row.
 
   A row where nothing passes keeps its real position with the highest G (an
-  all-pad row keeps position 0), the rule of ``mrt5_jax.compaction``.
+  all-pad row keeps position 0), the rule of ``mrt5_jax.maths.compaction``.
   """
   keep = (gate > threshold) & real
   best = torch.where(real, gate, torch.full_like(gate, -torch.inf)).argmax(dim=-1)
@@ -108,7 +113,7 @@ def compact(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def fixed_gate(input_ids: torch.Tensor, amount: float, scale: float) -> torch.Tensor:
-  """Fixed-deletion baseline, as ``mrt5_jax.gate.fixed_gate``: G (B, L) in {k, 0}.
+  """Fixed-deletion baseline, as ``mrt5_jax.model.gate.fixed_gate``: G (B, L) in {k, 0}.
 
   Words are runs between separator bytes (and pads); a word of n bytes keeps
   its first ceil((1 - amount) * n) bytes.
@@ -273,6 +278,13 @@ class MrT5EncoderStack(T5Stack):
         delete_gate_logits=logits, kept_positions=kept)
 
 
+# transformers 5.x renamed T5's ``past_key_values`` argument to ``cache`` and warns
+# whenever the old name is passed, even as None: pass the cache on under the name
+# the installed version takes, and only when there is one.
+_CACHE_ARGUMENT = ("cache" if "cache" in inspect.signature(
+    T5ForConditionalGeneration.forward).parameters else "past_key_values")
+
+
 class MrT5ForConditionalGeneration(T5ForConditionalGeneration):
   """T5ForConditionalGeneration with MrT5's delete gate, hard deletion and softmax1.
 
@@ -331,8 +343,10 @@ class MrT5ForConditionalGeneration(T5ForConditionalGeneration):
                                      hidden.dtype)
       if encoder_outputs.key_bias is not None:
         attention_mask = attention_mask + encoder_outputs.key_bias[:, None, None, :]
+    if past_key_values is not None:  # passed on under the name this transformers takes
+      kwargs[_CACHE_ARGUMENT] = past_key_values
     return super().forward(
         attention_mask=attention_mask, decoder_input_ids=decoder_input_ids,
         decoder_attention_mask=decoder_attention_mask, encoder_outputs=encoder_outputs,
-        past_key_values=past_key_values, decoder_inputs_embeds=decoder_inputs_embeds,
-        labels=labels, use_cache=use_cache, **kwargs)
+        decoder_inputs_embeds=decoder_inputs_embeds, labels=labels, use_cache=use_cache,
+        **kwargs)

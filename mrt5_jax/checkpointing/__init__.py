@@ -1,0 +1,1 @@
+"""Model directories, the checkpoint manager with recovery, readers of every layout, integrity."""

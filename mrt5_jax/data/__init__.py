@@ -1,0 +1,1 @@
+"""seqio tasks to batches, and the data iterator in checkpoints."""

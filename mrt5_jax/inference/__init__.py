@@ -1,0 +1,1 @@
+"""Hard deletion at inference: buckets, the encode path, scoring and decoding."""

@@ -1,0 +1,207 @@
+"""Hard deletion at inference: the compacted-length settings and the one encode path.
+
+``InferenceConfig`` says how the encoder runs after the gate; it is not part of
+the network (a checkpoint's ``model_config.json`` never carries it):
+
+* ``bucketed``: stage one (embedding, the layers before the gate, the gate)
+  is one compiled program; the host reads the batch's largest kept count,
+  picks the smallest bucket that holds it, and runs stage two compiled for
+  that bucket, so a stream of batches costs at most one program per bucket.
+* ``capacity``: one program whose compacted length is a fixed fraction of
+  the input length; if more positions pass the threshold than fit, the
+  highest-G ones are kept and the overflow is reported (``num_dropped``).
+* ``soft``: no compaction (the training-time computation).
+
+``EncodePath`` is the stage one -> bucket -> stage two function that the
+inference runner, the evaluator, the deletion profile and the benchmark share.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import gin
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mrt5_jax.maths import rng as rng_lib
+from mrt5_jax.model.outputs import EncoderOutput, StageOneOutput
+from mrt5_jax.model.shortening.base import deleted_positions, deletion_rate
+from mrt5_jax.parallel.partitioning import host_array
+
+MODES = ("bucketed", "capacity", "soft")
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class InferenceConfig:
+  """How hard deletion picks the compacted length (see the module docstring).
+
+  bucket_step: buckets are powers of two (0) or multiples of this step.
+  min_bucket_length: the smallest bucket.
+  capacity_fraction: ``capacity`` mode's length as a fraction of the input
+    length, rounded up to a bucket.
+  """
+  mode: str = "bucketed"
+  bucket_step: int = 0
+  min_bucket_length: int = 8
+  capacity_fraction: float = 0.5
+
+  def __post_init__(self):
+    if self.mode not in MODES:
+      raise ValueError(f"InferenceConfig.mode must be one of {MODES}, got {self.mode!r}")
+    if not 0.0 < self.capacity_fraction <= 1.0:
+      raise ValueError(f"capacity_fraction must be in (0, 1], got {self.capacity_fraction}")
+    if self.bucket_step < 0 or self.min_bucket_length < 1:
+      raise ValueError("bucket_step must be >= 0 and min_bucket_length >= 1")
+
+  def replace(self, **changes) -> "InferenceConfig":
+    return dataclasses.replace(self, **changes)
+
+
+def bucket_lengths(inference: InferenceConfig, input_length: int) -> tuple[int, ...]:
+  """Every compacted length hard deletion may use for inputs of this length.
+
+  Powers of two (``bucket_step == 0``) or multiples of ``bucket_step``, from
+  ``min_bucket_length`` up, always ending with ``input_length`` itself.
+  """
+  if input_length < 1:
+    raise ValueError("input_length must be positive")
+  lengths = []
+  step = inference.bucket_step
+  if step == 0:
+    length = 1 << max(0, math.ceil(math.log2(inference.min_bucket_length)))
+    while length < input_length:
+      lengths.append(length)
+      length *= 2
+  else:
+    length = max(step, step * math.ceil(inference.min_bucket_length / step))
+    while length < input_length:
+      lengths.append(length)
+      length += step
+  lengths.append(input_length)
+  return tuple(lengths)
+
+
+def bucket_for(inference: InferenceConfig, input_length: int, kept: int) -> int:
+  """The smallest bucket length that holds ``kept`` positions."""
+  for length in bucket_lengths(inference, input_length):
+    if length >= kept:
+      return length
+  return input_length
+
+
+def capacity_length(inference: InferenceConfig, input_length: int) -> int:
+  """Compacted length of ``capacity`` mode: the fraction rounded up to a bucket."""
+  wanted = max(1, math.ceil(inference.capacity_fraction * input_length))
+  return bucket_for(inference, input_length, wanted)
+
+
+def _rngs(rng: Optional[jax.Array]) -> dict:
+  return {} if rng is None else rng_lib.inference_streams(rng)
+
+
+class EncodePath:
+  """Jitted stage one and stage two of one module, with the bucket chosen between them.
+
+  ``read_gate`` runs stage one and returns its output with the per-row kept
+  counts; ``compacted_length`` turns those into a bucket; ``finish`` runs
+  stage two; ``encode`` does all three (or one program in ``capacity`` and
+  ``soft`` mode). Programs are compiled once per shape and bucket.
+  """
+
+  def __init__(self, module: nn.Module, inference: InferenceConfig = InferenceConfig()):
+    self.module = module
+    self.config = module.config
+    self.inference = inference
+    self.shortening = shortening = module.shortening
+
+    def stage_one(params, tokens, segment_ids, rng):
+      reading = module.apply({"params": params}, tokens, segment_ids, False,
+                             method=module.encode_stage_one, rngs=_rngs(rng))
+      return reading, shortening.kept_counts(reading.gate, tokens, segment_ids)
+
+    def stage_two(params, reading, tokens, segment_ids, deletion, length):
+      return module.apply({"params": params}, reading, tokens, segment_ids, False,
+                          deletion=deletion, compacted_length=length,
+                          method=module.encode_stage_two)
+
+    def encode_once(params, tokens, segment_ids, rng, deletion, length):
+      return module.apply({"params": params}, tokens, segment_ids, None, False,
+                          deletion=deletion, compacted_length=length, return_aux=True,
+                          method=module.encode, rngs=_rngs(rng))
+
+    self._stage_one = jax.jit(stage_one)
+    self._stage_two = jax.jit(stage_two, static_argnames=("deletion", "length"))
+    self._encode_once = jax.jit(encode_once, static_argnames=("deletion", "length"))
+
+  @property
+  def num_compiled_programs(self) -> int:
+    """Encoder programs compiled so far (each jitted function's cache entries)."""
+    return sum(fn._cache_size() for fn in (self._stage_one, self._stage_two, self._encode_once))
+
+  def _rng(self, rng):
+    """A shortening that draws at every call (random deletion) gets a fixed key
+    unless given one."""
+    if rng is None and self.shortening.needs_deletion_rng:
+      return rng_lib.inference_key()
+    return rng
+
+  def read_gate(self, params, tokens, segment_ids=None, rng=None
+                ) -> tuple[StageOneOutput, jax.Array]:
+    """Stage one: (hidden entering the gate layer, G, gate logits) and kept counts (B,)."""
+    return self._stage_one(params, tokens, segment_ids, self._rng(rng))
+
+  def compacted_length(self, kept, input_length: int) -> int:
+    """The bucket that holds the largest of the kept counts ``kept`` (B,)."""
+    # every process must pick the same bucket: the kept counts of all hosts
+    return bucket_for(self.inference, input_length, max(int(np.max(host_array(kept))), 1))
+
+  def finish(self, params, reading: StageOneOutput, tokens, segment_ids=None, *,
+             deletion: str = "hard", length: Optional[int] = None) -> EncoderOutput:
+    """Stage two on ``length`` kept positions (hard) or at full length (soft)."""
+    return self._stage_two(params, reading, tokens, segment_ids, deletion, length)
+
+  def encode(self, params, tokens, segment_ids=None, *, mode: Optional[str] = None,
+             rng=None) -> EncoderOutput:
+    """The encoder output in ``mode`` (default: the InferenceConfig's)."""
+    mode = mode or self.inference.mode
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    length = tokens.shape[1]
+    rng = self._rng(rng)
+    if mode == "soft" or not self.shortening.hard_differs:
+      return self._encode_once(params, tokens, segment_ids, rng, "soft", None)
+    if mode == "capacity":
+      return self._encode_once(params, tokens, segment_ids, rng, "hard",
+                               capacity_length(self.inference, length))
+    reading, kept = self.read_gate(params, tokens, segment_ids, rng)
+    return self.finish(params, reading, tokens, segment_ids, deletion="hard",
+                       length=self.compacted_length(kept, length))
+
+
+def deletion_figures(out: EncoderOutput, encoder_input_tokens: jax.Array,
+                     threshold: float) -> dict[str, jax.Array]:
+  """Per-example deletion figures of an encoder output, each (B,) float32.
+
+  input_length: real (non-pad) input positions; kept_length: those not
+  deleted (``gate.deleted_positions``, the training metrics' definition);
+  deletion_rate: the deleted share; num_dropped: kept positions that did not
+  fit the compacted length (capacity mode; 0 otherwise).
+  """
+  real = encoder_input_tokens > 0
+  num_real = jnp.sum(real, axis=-1).astype(jnp.float32)
+  if out.gate is None:
+    num_deleted = jnp.zeros_like(num_real)
+  else:
+    deleted = deleted_positions(out.gate, real, threshold)
+    num_deleted = jnp.sum(deleted, axis=-1).astype(jnp.float32)
+  return {
+      "deletion_rate": deletion_rate(num_deleted, num_real),
+      "kept_length": num_real - num_deleted,
+      "input_length": num_real,
+      "num_dropped": jnp.broadcast_to(jnp.asarray(out.num_dropped, jnp.float32), num_real.shape),
+  }

@@ -1,0 +1,1 @@
+"""The gin-configurable entry points: train, evaluate, inspect."""

@@ -1,0 +1,1 @@
+"""Pure functions: relative positions, attention kernels, compaction, pooling, the controller, trees."""

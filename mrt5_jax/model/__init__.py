@@ -1,0 +1,1 @@
+"""The Flax network: config, layers, attention, the shortening modules, the encoder-decoder."""

@@ -1,0 +1,1 @@
+"""mrt5-bench studies (speed, memory, deletion control); no library module imports them."""

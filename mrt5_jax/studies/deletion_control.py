@@ -1,0 +1,186 @@
+"""Does deletion hold its target and carry over to hard deletion? Recipes x tasks, measured.
+
+Each run trains with ``jobs.train.train`` from gin (a run file plus bindings) and
+reports what the README's deletion-control table shows: the evaluation's
+deletion rate, soft and hard cross entropy, hard accuracy, the steps and wall
+time, and how much of the run the rate spent above 0.95 (collapse).
+
+Tasks:
+  vowel_removal, contextual_vowel_removal: the diagnostic tasks from scratch
+    (``runs/local.gin``).
+  span_corruption: the paper's path in small: a ByT5-tiny (no gate) is first
+    trained on the shipped sample corpus, then continued as MrT5 (fresh gate)
+    and, for the CE penalty, continued as ByT5 for the same steps.
+Recipes are gin files (``runs/deletion_control.gin`` is the shipped one,
+``runs/deletion_published.gin`` the published code's settings) or extra
+bindings.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable, Optional, Sequence
+
+import gin
+
+from mrt5_jax.jobs import gin_files as gin_files_lib
+from mrt5_jax.jobs import train as train_job
+
+logger = logging.getLogger("mrt5_jax")
+
+TASKS = ("vowel_removal", "contextual_vowel_removal", "span_corruption")
+SPAN_TASK = "mrt5.span_corruption.sample"
+COLLAPSE_RATE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A named deletion recipe: gin files included after the run file, then bindings."""
+  name: str
+  gin_files: tuple[str, ...] = ()
+  bindings: tuple[str, ...] = ()
+
+
+_PREVIOUS_DEMO = ("ControllerConfig.kind = 'p'", "ControllerConfig.k_p = 0.01")
+RECIPES = {
+    # runs/local.gin as it shipped before: the published options with a P controller
+    "previous_demo": Recipe("previous_demo", ("runs/deletion_published.gin",), _PREVIOUS_DEMO),
+    # the published training script's defaults (PI, k_p 0.5, k_i 1e-5)
+    "published": Recipe("published", ("runs/deletion_published.gin",)),
+    # ablations of the shipped recipe: each half alone
+    "hard_delete_only": Recipe("hard_delete_only", ("runs/deletion_published.gin",),
+                               _PREVIOUS_DEMO + ("ObjectiveConfig.hard_delete_train_prob = 0.5",)),
+    "controller_only": Recipe("controller_only", ("runs/deletion_control.gin",),
+                              ("ObjectiveConfig.hard_delete_train_prob = 0.0",)),
+    "shipped": Recipe("shipped", ("runs/deletion_control.gin",)),
+}
+
+
+@dataclasses.dataclass
+class StudyRow:
+  task: str
+  recipe: str
+  target: float
+  steps: int
+  eval_deletion_rate: float
+  soft_cross_entropy: float
+  hard_cross_entropy: float
+  hard_accuracy: float
+  wall_seconds: float
+  collapse_share: float
+  final_alpha: float
+  rate_trace: list
+  gateless_cross_entropy: Optional[float] = None
+
+  @property
+  def hard_within_bound(self) -> bool:
+    """hard CE <= 1.25 x soft CE + 0.02 (the diagnostic tasks' bound)."""
+    return self.hard_cross_entropy <= 1.25 * self.soft_cross_entropy + 0.02
+
+
+# The run file also binds the other jobs' entry points; a study only trains.
+OTHER_JOBS = ("evaluate", "inspect_deletion")
+
+
+def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str]):
+  gin.clear_config()
+  gin_files_lib.parse([run_file, *gin_files], list(bindings), skip_unknown=OTHER_JOBS)
+  try:
+    return train_job.train()
+  finally:
+    gin.clear_config()
+
+
+def _row(task: str, recipe: str, target: float, result, wall: float) -> StudyRow:
+  history = result.history
+  rates = [h["deletion_rate"] for h in history]
+  evaluation = result.eval_metrics
+  hard = evaluation.get("hard", evaluation["soft"])
+  return StudyRow(
+      task=task, recipe=recipe, target=target, steps=result.step,
+      eval_deletion_rate=evaluation["soft"]["deletion_rate"],
+      soft_cross_entropy=evaluation["soft"]["cross_entropy_per_token"],
+      hard_cross_entropy=hard["cross_entropy_per_token"], hard_accuracy=hard["accuracy"],
+      wall_seconds=wall,
+      collapse_share=sum(r > COLLAPSE_RATE for r in rates) / max(len(rates), 1),
+      final_alpha=history[-1].get("alpha", 0.0) if history else 0.0,
+      rate_trace=[round(r, 3) for r in rates])
+
+
+def span_corruption_bindings(work_dir: str, steps: int) -> list[str]:
+  return [f"MIXTURE_OR_TASK_NAME = '{SPAN_TASK}'",
+          "TASK_FEATURE_LENGTHS = @mrt5_jax.tasks.feature_lengths()",
+          f"TRAIN_STEPS = {steps}", "train.eval_every = %TRAIN_STEPS",
+          f"train.checkpoint_every = {steps}"]
+
+
+def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence[float], *,
+              work_dir: str, steps: int = 1500, pretrain_steps: int = 3000,
+              continue_steps: int = 1000, extra_bindings: Sequence[str] = (),
+              log: Callable[[str], None] = print) -> list[StudyRow]:
+  """Train every (task, recipe, target) in ``work_dir``; returns one row each."""
+  rows = []
+  run_file = "runs/local.gin"
+  for task in tasks:
+    if task not in TASKS:
+      raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    base = [f"TRAIN_STEPS = {steps}"]
+    if task != "span_corruption":
+      base.append(f"MIXTURE_OR_TASK_NAME = 'mrt5.diagnostic.{task}'")
+    else:
+      init_dir, gateless = _span_corruption_baselines(work_dir, pretrain_steps, continue_steps,
+                                                      extra_bindings, log)
+      base = span_corruption_bindings(work_dir, continue_steps) + [
+          f"train.init_checkpoint = '{init_dir}'"]
+    for recipe in recipes:
+      for target in targets:
+        name = f"{task}-{recipe.name}-{target:g}"
+        model_dir = os.path.join(work_dir, name)
+        bindings = [*base, f"MODEL_DIR = '{model_dir}'", f"TARGET_DELETION_RATE = {target}",
+                    "train.tensorboard = False", *recipe.bindings, *extra_bindings]
+        start = time.time()
+        result = _train(run_file, recipe.gin_files, bindings)
+        row = _row(task, recipe.name, target, result, time.time() - start)
+        if task == "span_corruption":
+          row.gateless_cross_entropy = gateless
+        rows.append(row)
+        log(json.dumps(dataclasses.asdict(row)))
+  return rows
+
+
+def _span_corruption_baselines(work_dir: str, pretrain_steps: int, continue_steps: int,
+                               extra_bindings: Sequence[str], log) -> tuple[str, float]:
+  """Train ByT5-tiny on the sample corpus (once), continue it without a gate;
+  returns (the pre-trained model dir, the continued ByT5's eval CE)."""
+  no_gate = ["MrT5Config.deletion_type = 'none'", "train.tensorboard = False"]
+  pretrained = os.path.join(work_dir, "span_corruption-byt5-pretrained")
+  result = _train("runs/local.gin", (), [
+      *span_corruption_bindings(work_dir, pretrain_steps), f"MODEL_DIR = '{pretrained}'",
+      *no_gate, *extra_bindings])
+  log(f"ByT5-tiny pre-trained {result.step} steps: eval CE "
+      f"{result.eval_metrics['soft']['cross_entropy_per_token']:.4f}")
+  continued = os.path.join(work_dir, "span_corruption-byt5-continued")
+  result = _train("runs/local.gin", (), [
+      *span_corruption_bindings(work_dir, continue_steps), f"MODEL_DIR = '{continued}'",
+      f"train.init_checkpoint = '{pretrained}'", "train.reinit_gate = False", *no_gate,
+      *extra_bindings])
+  gateless = result.eval_metrics["soft"]["cross_entropy_per_token"]
+  log(f"ByT5-tiny continued {continue_steps} steps without a gate: eval CE {gateless:.4f}")
+  return pretrained, gateless
+
+
+def markdown_table(rows: Sequence[StudyRow]) -> str:
+  """The README table: one line per run."""
+  lines = ["| task | recipe | target | eval deletion | soft CE | hard CE | hard accuracy | "
+           "hard <= 1.25 soft + 0.02 | steps | wall | time above 0.95 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  for r in rows:
+    lines.append(
+        f"| {r.task} | {r.recipe} | {r.target:.2f} | {r.eval_deletion_rate:.3f} | "
+        f"{r.soft_cross_entropy:.4f} | {r.hard_cross_entropy:.4f} | {r.hard_accuracy:.3f} | "
+        f"{'yes' if r.hard_within_bound else 'no'} | {r.steps} | {r.wall_seconds:.0f} s | "
+        f"{r.collapse_share:.0%} |")
+  return "\n".join(lines)

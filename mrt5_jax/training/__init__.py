@@ -1,0 +1,1 @@
+"""The objective, one optimizer step, the project trainer and its optimizers and summaries."""

@@ -1,0 +1,253 @@
+"""The project's own trainer (no t5x needed): a jitted, sharded train step and the loop.
+
+Train state (a plain pytree, checkpointed as is):
+  {'params': ..., 'opt_state': ..., 'flax_mutables': {'controller': {...}}, 'step': int32}
+
+``Trainer`` owns the module, mesh, optimizer and compiled step; the loop that
+resumes, logs, evaluates and checkpoints is the job ``mrt5_jax.jobs.train``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mrt5_jax.maths import controller as controller_lib
+from mrt5_jax.maths import rng as rng_lib
+from mrt5_jax.model import layer_stacking
+from mrt5_jax.training import objective as objective_lib
+from mrt5_jax.training import optimizers
+from mrt5_jax.parallel import partitioning
+from mrt5_jax.training import train_step
+from mrt5_jax.maths import trees
+from mrt5_jax.model.config import MrT5Config
+from mrt5_jax.model.network import Transformer
+
+logger = logging.getLogger("mrt5_jax")
+
+GATE_PATH = ("encoder", "delete_gate")
+
+
+def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> tuple[Any, list]:
+  """Parameters of ``fresh`` replaced by ``loaded`` wherever the path exists there.
+
+  The delete gate keeps its fresh initialisation when ``reinit_gate`` or when
+  the loaded tree has none (continued pre-training from ByT5). Any other
+  parameter missing from ``loaded``, or of another shape, is an error.
+  ``loaded`` may be scanned or not; it is brought into ``fresh``'s layout.
+  Returns (params, the paths kept fresh).
+  """
+  loaded_flat = trees.flatten(layer_stacking.like(loaded, fresh))
+  kept_fresh, problems = [], []
+
+  def pick(key, leaf):
+    is_gate = key[:2] == GATE_PATH
+    if is_gate and (reinit_gate or key not in loaded_flat):
+      kept_fresh.append("/".join(key))
+      return leaf
+    if key not in loaded_flat:
+      problems.append(f"missing {'/'.join(key)}")
+      return leaf
+    value = np.asarray(loaded_flat[key])
+    if value.shape != leaf.shape:
+      problems.append(f"{'/'.join(key)}: checkpoint shape {value.shape}, model {leaf.shape}")
+      return leaf
+    return value.astype(leaf.dtype)
+
+  merged = trees.map_with_path(pick, fresh)
+  if problems:
+    raise ValueError("init checkpoint does not fit the model config: " + "; ".join(problems[:10])
+                     + (f" (+{len(problems) - 10} more)" if len(problems) > 10 else ""))
+  return merged, kept_fresh
+
+
+# The rng streams and their derivation live in ``maths.rng`` (shared with t5x
+# and inference).
+RNG_STREAMS = rng_lib.TRAINING_STREAMS
+training_rngs = rng_lib.training_streams
+
+
+def _split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
+  """(B, ...) -> (num, B/num, ...); micro-batch m takes rows m, m+num, ... (spread over shards)."""
+  def split(x):
+    x = x.reshape((x.shape[0] // num, num) + x.shape[1:])
+    return jnp.swapaxes(x, 0, 1)
+  return {k: split(v) for k, v in batch.items()}
+
+
+class Trainer:
+  """Compiled, sharded train step for one model/optimizer/objective."""
+
+  def __init__(self, config: MrT5Config, *, optimizer: optimizers.OptimizerConfig,
+               objective: objective_lib.ObjectiveConfig = objective_lib.ObjectiveConfig(),
+               controller: controller_lib.ControllerConfig = controller_lib.ControllerConfig(),
+               mesh: partitioning.MeshConfig = partitioning.MeshConfig(),
+               num_microbatches: int = 1, seed: int = 0, enable_dropout: bool = True,
+               devices=None):
+    if num_microbatches < 1:
+      raise ValueError(f"num_microbatches must be >= 1, got {num_microbatches}")
+    self.config = config
+    self.module = Transformer(config)
+    self.optimizer_config = optimizer
+    self.tx = optimizer.build()
+    self.schedule = optimizer.schedule
+    self.objective = objective
+    self.controller = controller
+    self.partitioner = partitioning.Partitioner(mesh, devices)
+    self.num_microbatches = num_microbatches
+    self.seed = seed
+    self.enable_dropout = enable_dropout
+    self._state_shardings = None
+    self._step_fn = None
+
+  # -------------------------------------------------------------------------- state
+
+  def _init_variables(self, rng, input_length: int, target_length: int):
+    enc = jnp.ones((1, input_length), jnp.int32)
+    dec = jnp.ones((1, target_length), jnp.int32)
+    return self.module.init(rng_lib.init_streams(rng), enc, dec, dec, enable_dropout=False)
+
+  def abstract_variables(self, input_length: int, target_length: int):
+    return jax.eval_shape(lambda rng: self._init_variables(rng, input_length, target_length),
+                          jax.random.PRNGKey(0))
+
+  def state_shardings(self, input_length: int, target_length: int) -> dict:
+    """Shardings of the train state, from the network's logical param axes."""
+    if self._state_shardings is None:
+      abstract = self.abstract_variables(input_length, target_length)
+      param_sh = self.partitioner.param_shardings(abstract["params_axes"])
+      rep = self.partitioner.replicated
+      self._state_shardings = {
+          "params": param_sh,
+          "opt_state": self.partitioner.optimizer_shardings(self.tx, abstract["params"],
+                                                            param_sh),
+          "flax_mutables": {controller_lib.COLLECTION: jax.tree_util.tree_map(
+              lambda _: rep, controller_lib.init_state(self.controller))},
+          "step": rep,
+      }
+    return self._state_shardings
+
+  def abstract_state(self, input_length: int, target_length: int) -> dict:
+    """ShapeDtypeStructs of the train state (the restore target)."""
+    def make():
+      params = self._init_variables(jax.random.PRNGKey(0), input_length, target_length)["params"]
+      return {"params": params, "opt_state": self.tx.init(params),
+              "flax_mutables": {controller_lib.COLLECTION: controller_lib.init_state(
+                  self.controller)},
+              "step": jnp.zeros((), jnp.int32)}
+    return jax.eval_shape(make)
+
+  def init_state(self, input_length: int, target_length: int, *,
+                 init_params: Optional[Any] = None, reinit_gate: bool = True) -> dict:
+    """A fresh train state placed on the mesh (params from ``init_params`` if given)."""
+    shardings = self.state_shardings(input_length, target_length)
+    rng = rng_lib.seed_key(self.seed)
+
+    def make(rng):
+      return self._init_variables(rng, input_length, target_length)["params"]
+
+    with self.partitioner.context():
+      params = jax.jit(make, out_shardings=shardings["params"])(rng)
+    del make
+    if init_params is not None:
+      merged, fresh = merge_init_params(jax.device_get(params), init_params,
+                                        reinit_gate=reinit_gate)
+      if fresh:
+        logger.info("freshly initialised: %s", ", ".join(fresh))
+      params = jax.device_put(merged, shardings["params"])
+    with self.partitioner.context():
+      opt_state = jax.jit(self.tx.init, out_shardings=shardings["opt_state"])(params)
+    state = {
+        "params": params,
+        "opt_state": opt_state,
+        "flax_mutables": {controller_lib.COLLECTION: controller_lib.init_state(self.controller)},
+        "step": jnp.zeros((), jnp.int32),
+    }
+    return jax.device_put(state, shardings)
+
+  # -------------------------------------------------------------------------- step
+
+  def _loss_and_grads(self, params, controller_state, batch, rng):
+    """Gradients and metric sums of the whole batch, one micro-batch at a time,
+    and the controller state after the step (``train_step.advance_controller``)."""
+    num_micro = self.num_microbatches
+    normalizers = train_step.loss_normalizers(batch, self.objective, whole_batch=batch)
+
+    def loss(params, micro, micro_rng):
+      return objective_lib.compute_loss(
+          self.module, params, controller_state, micro, training_rngs(micro_rng),
+          objective=self.objective, controller=self.controller,
+          enable_dropout=self.enable_dropout, normalizers=normalizers,
+          num_microbatches=num_micro)
+
+    grad_fn = jax.value_and_grad(loss, has_aux=True)
+    advance = lambda state, counts, sums: train_step.advance_controller(
+        state, counts, sums, self.controller, num_micro)
+    micro_rng = lambda index: rng_lib.microbatch_key(rng, index, num_micro)
+    if num_micro == 1:
+      (_, sums), grads = grad_fn(params, batch, micro_rng(0))
+      new_state, _ = advance(controller_state, train_step.initial_counts(), sums)
+      return sums, grads, new_state
+    micro = _split_microbatches(batch, num_micro)
+    first = {k: v[0] for k, v in micro.items()}
+    (_, sums0), grads0 = grad_fn(params, first, micro_rng(0))
+    state0, counts0 = advance(controller_state, train_step.initial_counts(), sums0)
+
+    def body(carry, index):
+      sums, grads, state, counts = carry
+      mb = {k: jax.lax.dynamic_index_in_dim(v, index, keepdims=False) for k, v in micro.items()}
+      (_, s), g = grad_fn(params, mb, micro_rng(index))
+      state, counts = advance(state, counts, s)
+      return (objective_lib.merge_metric_sums(sums, s),
+              jax.tree_util.tree_map(jnp.add, grads, g), state, counts), None
+
+    (sums, grads, new_state, _), _ = jax.lax.scan(
+        body, (sums0, grads0, state0, counts0), jnp.arange(1, num_micro))
+    return sums, grads, new_state
+
+  def _train_step(self, state, batch):
+    step = state["step"]
+    rng = rng_lib.step_key(self.seed, step)
+    controller_state = state["flax_mutables"][controller_lib.COLLECTION]
+    sums, grads, new_controller = self._loss_and_grads(state["params"], controller_state,
+                                                       batch, rng)
+    updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    alpha = controller_lib.effective_alpha(controller_state, self.controller)
+    metrics = train_step.finalize(train_step.step_metrics(sums, alpha))
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    metrics["learning_rate"] = jnp.asarray(self.schedule(step), jnp.float32)
+    new_state = {"params": params, "opt_state": opt_state,
+                 "flax_mutables": {controller_lib.COLLECTION: new_controller},
+                 "step": step + 1}
+    return new_state, metrics
+
+  def compiled_step(self, input_length: int, target_length: int):
+    """jax.jit of the train step with explicit in/out shardings (state donated)."""
+    if self._step_fn is None:
+      shardings = self.state_shardings(input_length, target_length)
+      self._step_fn = jax.jit(
+          self._train_step,
+          in_shardings=(shardings, self.partitioner.data_sharding),
+          out_shardings=(shardings, self.partitioner.replicated),
+          donate_argnums=(0,))
+    return self._step_fn
+
+  def train_step(self, state: dict, batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
+    """One optimisation step on a host batch; returns (new state, metrics as arrays)."""
+    global_batch = self.partitioner.global_batch_rows(batch["encoder_input_tokens"].shape[0])
+    if global_batch % (self.num_microbatches * self.partitioner.data_size):
+      raise ValueError(f"batch size {global_batch} must be divisible by num_microbatches "
+                       f"({self.num_microbatches}) x data-parallel size "
+                       f"({self.partitioner.data_size})")
+    step_fn = self.compiled_step(batch["encoder_input_tokens"].shape[1],
+                                 batch["decoder_target_tokens"].shape[1])
+    with self.partitioner.context():
+      return step_fn(state, self.partitioner.shard_batch(batch))
+
+
+# ------------------------------------------------------------------------------ the loop

@@ -1,0 +1,1 @@
+"""Integration tests: real training runs, CLIs in subprocesses, several processes, packaging and launchers."""

@@ -1,0 +1,32 @@
+"""Deletion control as shipped: the recipe holds its target and carries over to hard
+deletion (issue 9's bounds), measured through the same harness as README's table."""
+import pytest
+
+from mrt5_jax.studies import deletion_control
+
+
+@pytest.mark.slow
+def test_shipped_recipe_holds_the_target_and_hard_deletion_matches_soft(tmp_path):
+  """Vowel removal from scratch, target 0.5, runs/local.gin as shipped (1,500 steps):
+  eval deletion within +-0.05, hard CE <= 1.25 x soft CE + 0.02, no collapse."""
+  (row,) = deletion_control.run_study(
+      ["vowel_removal"], [deletion_control.RECIPES["shipped"]], [0.5], work_dir=str(tmp_path),
+      steps=1500, extra_bindings=["train.log_every = 50"], log=print)
+  assert abs(row.eval_deletion_rate - 0.5) <= 0.05, row
+  assert row.hard_cross_entropy <= 1.25 * row.soft_cross_entropy + 0.02, row
+  assert row.hard_within_bound
+  assert row.collapse_share <= 0.1, row
+  assert row.hard_accuracy > 0.9, row
+  assert len(row.rate_trace) == 30
+
+
+def test_table_and_unknown_task():
+  row = deletion_control.StudyRow(
+      task="vowel_removal", recipe="shipped", target=0.5, steps=10, eval_deletion_rate=0.49,
+      soft_cross_entropy=0.1, hard_cross_entropy=0.2, hard_accuracy=0.9, wall_seconds=3.0,
+      collapse_share=0.0, final_alpha=0.01, rate_trace=[0.5])
+  assert not row.hard_within_bound  # 0.2 > 1.25 * 0.1 + 0.02
+  table = deletion_control.markdown_table([row])
+  assert "| vowel_removal | shipped | 0.50 | 0.490 | 0.1000 | 0.2000 | 0.900 | no |" in table
+  with pytest.raises(ValueError, match="unknown task"):
+    deletion_control.run_study(["parsing"], [], [0.5], work_dir="/tmp/unused")

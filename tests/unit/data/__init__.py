@@ -1,0 +1,1 @@
+"""Tests of mrt5_jax.data."""

@@ -1,0 +1,111 @@
+import numpy as np
+import pytest
+
+from mrt5_jax.model import flops
+from mrt5_jax.studies import inference_speed
+from mrt5_jax.model.config import preset
+
+
+def test_flop_model_matches_hand_count():
+  cfg = preset("tiny", d_model=4, d_ff=6, num_heads=1, head_dim=2, num_encoder_layers=3,
+               num_decoder_layers=1, delete_gate_layer=1)
+  per_layer = lambda n: 4 * n * 4 * 2 * 2 + 2 * n * n * 2 * 2 + 3 * n * 4 * 6 * 2
+  assert flops.layer_flops(10, cfg) == per_layer(10)
+  assert flops.encoder_flops(cfg, 10) == 3 * per_layer(10)
+  assert flops.encoder_flops(cfg, 10, kept=5) == per_layer(10) + 2 * per_layer(5)
+  assert flops.ideal_speedup(cfg, 10, 5) == 3 * per_layer(10) / (
+      per_layer(10) + 2 * per_layer(5))
+  assert flops.ideal_speedup(cfg, 10, 10, target_length=3) == 1.0
+
+
+def test_benchmark_runs_end_to_end_on_a_short_input(monkeypatch):
+  monkeypatch.setattr(inference_speed, "CPU_BENCH_SIZE",
+                      dict(d_model=32, d_ff=64, num_heads=2, head_dim=16,
+                           num_encoder_layers=4, num_decoder_layers=1))
+  lines = []
+  result = inference_speed.run_inference_benchmark("cpu", rates=(0.5,), length=256,
+                                                target_length=16, batch=2, repeats=1,
+                                                log=lines.append)
+  (rate,) = result["rates"]
+  assert rate["compacted_length"] == 128
+  assert 0.5 <= rate["measured_deletion_rate"] < 0.6
+  assert np.isfinite(rate["encoder_speedup"]) and rate["encoder_ideal_speedup"] > 1
+  assert any("rate 0.50" in line for line in lines)
+  bp, cp = result["baselines"]
+  assert (bp["method"], cp["method"]) == ("BP", "CP")
+  # BP matched to MrT5's reduction: the fullest row keeps half its positions as
+  # segments (plus its forced last boundary), bucketed like hard deletion
+  assert bp["compacted_length"] == 128 and 0.5 <= bp["measured_length_reduction"] < 0.55
+  assert cp["rate"] == 0.75 and cp["compacted_length"] == 64
+  assert cp["measured_length_reduction"] == pytest.approx(0.75)
+  assert np.isfinite(bp["encoder_speedup"]) and np.isfinite(cp["scoring_speedup"])
+
+
+@pytest.mark.slow
+def test_memory_benchmark_compiles_train_steps_and_reports_peaks():
+  from mrt5_jax.studies import memory as memory_benchmarking
+  lines = []
+  result = memory_benchmarking.run_memory_benchmark(
+      "tiny", lengths=(32,), policies=("none", "full"), batch=2, scan_layers=True,
+      dtype="float32", target="host", log=lines.append)
+  rows = result["rows"]
+  assert [(r["input_length"], r["remat_policy"]) for r in rows] == [(32, "none"), (32, "full")]
+  for row in rows:
+    assert row["peak_bytes"] == (row["argument_bytes"] + row["output_bytes"]
+                                 - row["alias_bytes"] + row["temp_bytes"])
+    assert row["argument_bytes"] > 0 and row["target_length"] == 8
+  assert rows[0]["peak_vs_no_remat"] == 1.0
+  assert any("remat=full" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_attention_benchmark_times_and_measures_both_paths(monkeypatch):
+  from mrt5_jax.studies import memory as memory_benchmarking
+  monkeypatch.setattr(memory_benchmarking, "CPU_ATTENTION_SIZE",
+                      dict(d_model=32, d_ff=64, num_heads=2, head_dim=16, num_encoder_layers=2,
+                           num_decoder_layers=1, delete_gate_layer=1))
+  lines = []
+  result = memory_benchmarking.run_attention_benchmark(
+      "cpu", lengths=(64, 96), block_size=32, repeats=1, target="host", log=lines.append)
+  for row in result["rows"]:
+    assert row["max_abs_difference"] < 1e-4  # the same encoder output
+    assert row["dense_seconds"] > 0 and row["blocked_seconds"] > 0
+    for key in ("forward", "train"):
+      assert row[f"{key}_memory_ratio"] == (row[f"blocked_{key}_peak_bytes"]
+                                            / row[f"dense_{key}_peak_bytes"])
+  assert result["jax_nn_dot_product_attention"]["xla"] == "compiles"
+  assert len(lines) == 4
+
+
+class Raising:
+  """A lowered program whose compilation fails with ``message``."""
+
+  def __init__(self, message):
+    self.message = message
+
+  def compile(self):
+    raise RuntimeError(self.message)
+
+
+def test_a_program_that_does_not_fit_is_reported_with_what_xla_said_it_needs():
+  from mrt5_jax.studies import memory as memory_benchmarking
+  stats = memory_benchmarking.memory_stats(Raising(
+      "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+      "temporaries (189.19G) exceeds available HBM (15.25G)."))
+  assert not stats.fits
+  assert stats.peak_bytes == int(189.19 * 1024 ** 3)
+  assert stats.capacity_bytes == int(15.25 * 1024 ** 3)
+  assert "does not fit" in stats.describe()
+  older = memory_benchmarking.memory_stats(Raising(
+      "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 41.50G of 30.75G hbm."))
+  assert (older.fits, older.needed_bytes) == (False, int(41.5 * 1024 ** 3))
+  with pytest.raises(RuntimeError, match="something else"):
+    memory_benchmarking.memory_stats(Raising("INVALID_ARGUMENT: something else"))
+
+
+def test_bench_cli_validates_its_flags():
+  from mrt5_jax.cli import bench
+  with pytest.raises(SystemExit, match="--policies"):
+    bench.main(["memory", "--policies", "none,some"])
+  with pytest.raises(SystemExit, match="--lengths"):
+    bench.main(["attention", "--lengths", "1024,x"])
