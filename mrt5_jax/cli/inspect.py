@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mrt5_jax.cli import common  # noqa: E402
 # Every gin entry point is imported, so a run file's bindings of any of them parse.
-from mrt5_jax.jobs import evaluate, inspect, train  # noqa: E402
+from mrt5_jax.jobs import continue_from_byt5, evaluate, inspect, train  # noqa: E402,F401
 from mrt5_jax.reporting import deletion_html  # noqa: E402
 
 

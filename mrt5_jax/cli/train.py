@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from mrt5_jax.cli import common  # noqa: E402
 # Every gin entry point is imported, so a run file's bindings of any of them parse.
-from mrt5_jax.jobs import evaluate, inspect, train  # noqa: E402
+from mrt5_jax.jobs import continue_from_byt5, evaluate, inspect, train  # noqa: E402,F401
 from mrt5_jax.evaluation.evaluator import describe_profile  # noqa: E402
 from mrt5_jax.parallel import distributed  # noqa: E402
 

@@ -6,7 +6,7 @@ from typing import Mapping
 import numpy as np
 
 from mrt5_jax.evaluation.timing import Speed, paired_seconds
-from mrt5_jax.inference.encode_path import InferenceConfig
+from mrt5_jax.inference.encode_path import InferenceConfig, deletion_figures
 from mrt5_jax.inference.runner import InferenceRunner
 from mrt5_jax.model.flops import decoder_flops, encoder_flops
 
@@ -25,7 +25,9 @@ class SpeedMeter:
     tokens = batch["encoder_input_tokens"]
     dec_in, targets = batch["decoder_input_tokens"], batch["decoder_target_tokens"]
     length, target_length = tokens.shape[1], targets.shape[1]
-    compacted = self.hard.encode(tokens).compacted_length
+    hard_out = self.hard.encode(tokens)
+    compacted = hard_out.compacted_length
+    kept = deletion_figures(hard_out, tokens, self.config.deletion_threshold)["kept_length"]
     encoder = paired_seconds(
         lambda: self.full.encode(tokens).encoded, lambda: self.hard.encode(tokens).encoded,
         repeats)
@@ -49,4 +51,5 @@ class SpeedMeter:
             self.config, target_length, full_length)),
         forward_flops_hard=rows * (enc_hard + decoder_flops(
             self.config, target_length, compacted)),
-        compacted_lengths=[int(compacted)])
+        compacted_lengths=[int(compacted)],
+        longest_kept=[int(np.max(np.asarray(kept)))])

@@ -36,7 +36,9 @@ class Speed:
   """Timings of the batches one task timed.
 
   *_full / *_hard: summed median seconds per batch; *_ratios: full / hard of
-  every back-to-back pair; *_flops_*: summed matmul FLOPs of what ran.
+  every back-to-back pair; *_flops_*: summed matmul FLOPs of what ran;
+  compacted_lengths: the length each batch ran at after the gate (its
+  bucket); longest_kept: each batch's most kept positions in one row.
   """
   examples: int = 0
   batches: int = 0
@@ -51,6 +53,7 @@ class Speed:
   forward_flops_full: float = 0.0
   forward_flops_hard: float = 0.0
   compacted_lengths: list = dataclasses.field(default_factory=list)
+  longest_kept: list = dataclasses.field(default_factory=list)
 
   def add(self, other: "Speed") -> None:
     for field in dataclasses.fields(self):
@@ -67,6 +70,7 @@ class Speed:
         "batches": self.batches,
         "pairs": len(self.encoder_ratios),
         "compacted_lengths": sorted(set(self.compacted_lengths)),
+        "longest_kept": max(self.longest_kept) if self.longest_kept else None,
         "encoder_full_ms_per_example": self.encoder_full * per,
         "encoder_hard_ms_per_example": self.encoder_hard * per,
         "encoder_speedup": float(np.median(self.encoder_ratios)),
