@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 from mrt5_jax.cli import common  # noqa: E402
 from mrt5_jax.cli import gin_flags  # noqa: E402
 # Every gin entry point is imported, so a run file's bindings of any of them parse.
-from mrt5_jax.jobs import continue_from_byt5, evaluate, inspect, train  # noqa: E402,F401
+from mrt5_jax.jobs import continue_from_byt5, evaluate, inspect, train  # noqa: E402
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -34,8 +34,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   files, bindings, paths, _ = gin_flags.split_flags(argv)
 
   def job():
+    jobs = continue_from_byt5.Jobs(train=train.train, evaluate=evaluate.evaluate,
+                                   inspect_deletion=inspect.inspect_deletion)
     return continue_from_byt5.continue_from_byt5(
-        gin_file_names=files, gin_bindings=bindings, extra_paths=paths)
+        jobs, gin_file_names=files, gin_bindings=bindings, extra_paths=paths)
 
   code, result = common.run_gin_job("mrt5-continue", __doc__, argv, job)
   if code is not None:

@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mrt5_jax.checkpointing import loading
 from mrt5_jax.inference import decoding
 from mrt5_jax.model import layer_stacking
 from mrt5_jax.model.config import MrT5Config
@@ -60,14 +59,6 @@ class InferenceRunner:
 
     self._score = jax.jit(score)
     self._generate = jax.jit(generate, static_argnames="max_decode_length")
-
-  @classmethod
-  def from_model_dir(cls, model_dir: str, step: Optional[int] = None, *,
-                     mode: Optional[str] = None,
-                     inference: InferenceConfig = InferenceConfig()) -> "InferenceRunner":
-    """The model of a model directory (its newest step, or ``step``): ``loading.load_model``."""
-    loaded = loading.load_model(model_dir, step, step_flag="step={step}")
-    return cls(loaded.config, loaded.params, mode=mode, inference=inference)
 
   @property
   def num_compiled_programs(self) -> int:

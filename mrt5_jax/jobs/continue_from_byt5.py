@@ -32,10 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import gin
 
-from mrt5_jax.jobs import evaluate as evaluate_job
 from mrt5_jax.jobs import gin_files
-from mrt5_jax.jobs import inspect as inspect_job
-from mrt5_jax.jobs import train as train_job
 
 logger = logging.getLogger("mrt5_jax")
 
@@ -43,35 +40,40 @@ NO_GATE = "MrT5Config.deletion_type = 'none'"
 
 
 @dataclasses.dataclass(frozen=True)
+class Jobs:
+  """The jobs the stages run, each called with its gin bindings (``mrt5_jax.jobs.train.train``,
+  ``.evaluate.evaluate``, ``.inspect.inspect_deletion``; the command line passes them)."""
+  train: Callable[[], Any]
+  evaluate: Callable[[], dict]
+  inspect_deletion: Callable[[], dict]
+
+
+@dataclasses.dataclass(frozen=True)
 class Stage:
   name: str
   title: str
   bindings: tuple[str, ...]
-  run: Callable[[], dict]
+  kind: str  # 'train', 'evaluate' or 'inspect'
 
 
-def _train_record(result: train_job.TrainResult) -> dict:
-  metrics = result.metrics or {}
-  return {"model_dir": result.model_dir, "checkpoint_dir": result.checkpoint_dir,
-          "step": result.step, "interrupted": result.interrupted,
-          "train_cross_entropy": metrics.get("cross_entropy_per_token"),
-          "train_deletion_rate": metrics.get("deletion_rate"), "alpha": metrics.get("alpha")}
-
-
-def _run_train() -> dict:
-  return _train_record(train_job.train())
-
-
-def _run_evaluate() -> dict:
-  results = evaluate_job.evaluate()
-  keep = ("step", "checkpoint", "mixture_or_task_name", "split", "deletion_type", "soft",
-          "hard", "examples", "speed", "tasks", "report_path")
-  return {key: results[key] for key in keep if key in results}
-
-
-def _run_inspect() -> dict:
-  result = inspect_job.inspect_deletion()
-  return {"html_path": result["html_path"], "checkpoint": result["checkpoint"]}
+def run_stage(jobs: Jobs, kind: str) -> dict:
+  """Run the job of a stage; what of its result the stage's record keeps (JSON)."""
+  if kind == "train":
+    result = jobs.train()
+    metrics = result.metrics or {}
+    return {"model_dir": result.model_dir, "checkpoint_dir": result.checkpoint_dir,
+            "step": result.step, "interrupted": result.interrupted,
+            "train_cross_entropy": metrics.get("cross_entropy_per_token"),
+            "train_deletion_rate": metrics.get("deletion_rate"), "alpha": metrics.get("alpha")}
+  if kind == "evaluate":
+    results = jobs.evaluate()
+    keep = ("step", "checkpoint", "mixture_or_task_name", "split", "deletion_type", "soft",
+            "hard", "examples", "speed", "tasks", "report_path")
+    return {key: results[key] for key in keep if key in results}
+  if kind == "inspect":
+    result = jobs.inspect_deletion()
+    return {"html_path": result["html_path"], "checkpoint": result["checkpoint"]}
+  raise ValueError(f"unknown stage kind {kind!r}")
 
 
 def stages(work_dir: str, byt5_checkpoint: Optional[str], pretrain_steps: int,
@@ -88,24 +90,24 @@ def stages(work_dir: str, byt5_checkpoint: Optional[str], pretrain_steps: int,
   if init is None:
     out.append(Stage("byt5", f"ByT5 (no gate) from scratch, {pretrain_steps} steps",
                      (where("byt5"), NO_GATE, f"TRAIN_STEPS = {pretrain_steps}",
-                      "INIT_CHECKPOINT = None"), _run_train))
+                      "INIT_CHECKPOINT = None"), "train"))
     init = model_dir("byt5")
   out += [
       Stage("mrt5", f"MrT5: ByT5 continued {continue_steps} steps with a fresh delete gate",
             (where("mrt5"), f"TRAIN_STEPS = {continue_steps}", f"INIT_CHECKPOINT = '{init}'"),
-            _run_train),
+            "train"),
       Stage("byt5_continued", f"ByT5 continued {continue_steps} steps without a gate",
             (where("byt5_continued"), NO_GATE, f"TRAIN_STEPS = {continue_steps}",
-             f"INIT_CHECKPOINT = '{init}'", "train.reinit_gate = False"), _run_train),
+             f"INIT_CHECKPOINT = '{init}'", "train.reinit_gate = False"), "train"),
       Stage("eval_mrt5", "evaluate MrT5 per task (soft and hard deletion, speed)",
             (where("mrt5"), "evaluate.report_path = "
-             f"'{os.path.join(work_dir, 'eval', 'mrt5.json')}'"), _run_evaluate),
+             f"'{os.path.join(work_dir, 'eval', 'mrt5.json')}'"), "evaluate"),
       Stage("eval_byt5_continued", "evaluate the continued ByT5 per task",
             (where("byt5_continued"), "evaluate.speed_batches = 0", "evaluate.report_path = "
-             f"'{os.path.join(work_dir, 'eval', 'byt5_continued.json')}'"), _run_evaluate),
+             f"'{os.path.join(work_dir, 'eval', 'byt5_continued.json')}'"), "evaluate"),
       Stage("inspect", "what MrT5 deletes: the HTML report",
             (where("mrt5"), "inspect_deletion.html_path = "
-             f"'{os.path.join(work_dir, 'deletion.html')}'"), _run_inspect),
+             f"'{os.path.join(work_dir, 'deletion.html')}'"), "inspect"),
   ]
   return out
 
@@ -241,8 +243,8 @@ def summary_text(work_dir: str, records: dict[str, dict], target: Optional[float
 
 # ----------------------------------------------------------------------------- job
 
-@gin.configurable(denylist=["gin_file_names", "gin_bindings", "extra_paths"])
-def continue_from_byt5(*, work_dir: str = gin.REQUIRED,
+@gin.configurable(denylist=["jobs", "gin_file_names", "gin_bindings", "extra_paths"])
+def continue_from_byt5(jobs: Jobs, *, work_dir: str = gin.REQUIRED,
                        byt5_checkpoint: Optional[str] = None,
                        pretrain_steps: int = 600, continue_steps: int = 300,
                        gin_file_names: Sequence[str] = (), gin_bindings: Sequence[str] = (),
@@ -252,6 +254,7 @@ def continue_from_byt5(*, work_dir: str = gin.REQUIRED,
   None}, or {'records', 'interrupted': the stage} when a training stage was
   stopped (SIGINT/SIGTERM; it checkpointed, and a rerun resumes it).
 
+  ``jobs``: the train, evaluate and inspect jobs the stages call.
   ``gin_file_names`` / ``gin_bindings``: the run's gin files and bindings,
   parsed again for every stage with the stage's own bindings after them.
   ``byt5_checkpoint``: a pretrained gate-less model (a model dir or step
@@ -282,7 +285,7 @@ def continue_from_byt5(*, work_dir: str = gin.REQUIRED,
       if _finished(work_dir, stage, settings, "started") is None:
         _write_record(work_dir, stage, settings, {}, 0.0, "started")
       start = time.time()
-      result = stage.run()
+      result = run_stage(jobs, stage.kind)
       if result.get("interrupted"):
         gin.clear_config()
         return {"records": records, "interrupted": stage.name}
