@@ -280,7 +280,7 @@ class MrT5Model(t5x_models.EncoderDecoderModel):
       return loss, metrics
     new_state, counts = train_step.advance_controller(
         state, flax_mutables[MICROBATCH_COLLECTION], sums, self.controller,
-        self.num_microbatches)
+        self.num_microbatches, steers=self.module.shortening.learned_gate)
     new = flax.core.unfreeze(flax_mutables)
     new[controller_lib.COLLECTION] = new_state
     new[MICROBATCH_COLLECTION] = counts

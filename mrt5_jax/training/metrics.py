@@ -133,7 +133,8 @@ METRICS = (
     MetricDef("kept_length_max", "max", "kept_max"),
     MetricDef("compacted_length", "max", "compacted_length"),
     MetricDef("num_dropped", "sum", "num_dropped"),
-    MetricDef("alpha", "last"),
+    MetricDef("alpha", "last",
+              shown=lambda objective, shortening: shortening.learned_gate),
 )
 METRIC_NAMES = tuple(m.name for m in METRICS)
 

@@ -57,12 +57,17 @@ def initial_counts() -> dict[str, jax.Array]:
 
 def advance_controller(controller_state: Mapping[str, jax.Array],
                        counts: Mapping[str, jax.Array], sums: Mapping[str, jax.Array],
-                       controller: controller_lib.ControllerConfig, num_microbatches: int
+                       controller: controller_lib.ControllerConfig, num_microbatches: int,
+                       steers: bool = True
                        ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
   """Add one micro-batch's deletion counts; on the last micro-batch of the
   step, update the controller with the whole batch's rate and clear them.
 
-  Returns (controller state, counts). Gradients never flow into either.
+  ``steers``: whether the model has a learned gate for alpha to act on (the
+  shortening's ``learned_gate``); without one (ByT5, random or fixed
+  deletion, BP, CP) only the controller's step count moves and alpha stays at
+  its initial value. Returns (controller state, counts). Gradients never flow
+  into either.
   """
   counts = {
       "num_deleted": counts["num_deleted"] + jax.lax.stop_gradient(sums["num_deleted"]),
@@ -72,6 +77,8 @@ def advance_controller(controller_state: Mapping[str, jax.Array],
   complete = counts["count"] >= num_microbatches
   rate = deletion_rate(counts["num_deleted"], counts["num_real"])
   stepped = controller_lib.update(controller_state, rate, controller)
+  if not steers:
+    stepped = {**controller_state, "step": stepped["step"]}
   new_state = jax.tree_util.tree_map(lambda a, b: jnp.where(complete, a, b), stepped,
                                      dict(controller_state))
   new_counts = jax.tree_util.tree_map(lambda v: jnp.where(complete, jnp.zeros_like(v), v),

@@ -186,7 +186,8 @@ class Trainer:
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     advance = lambda state, counts, sums: train_step.advance_controller(
-        state, counts, sums, self.controller, num_micro)
+        state, counts, sums, self.controller, num_micro,
+        steers=self.module.shortening.learned_gate)
     micro_rng = lambda index: rng_lib.microbatch_key(rng, index, num_micro)
     if num_micro == 1:
       (_, sums), grads = grad_fn(params, batch, micro_rng(0))

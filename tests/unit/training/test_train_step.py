@@ -42,6 +42,19 @@ def test_one_microbatch_equals_a_plain_controller_update():
   assert int(counts["count"]) == 0
 
 
+def test_without_a_learned_gate_alpha_stays_at_its_initial_value_while_steps_count():
+  config = ctl.ControllerConfig(kind="bounded_pi", target_deletion_rate=0.5, k_p=0.2, k_i=0.005,
+                                alpha_min=-0.1, alpha_max=0.2, initial_alpha=0.03)
+  state = ctl.init_state(config)
+  for rate_deleted in (0, 40, 40):  # 0 / 40 and 40 / 40 deleted: far from the target
+    state, _ = train_step.advance_controller(state, train_step.initial_counts(),
+                                             _sums(rate_deleted, 40), config,
+                                             num_microbatches=1, steers=False)
+  assert float(state["alpha"]) == pytest.approx(0.03)
+  assert float(state["p"]) == 0.0 and float(state["i"]) == 0.0
+  assert int(state["step"]) == 3
+
+
 def test_loss_normalizers_whole_batch_and_per_microbatch():
   objective = obj.ObjectiveConfig()
   full = small_batch(batch=4, pad_from=(None, 10, 3, None), target_pad_from=(6, None, 2, 7))
