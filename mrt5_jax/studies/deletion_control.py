@@ -56,6 +56,11 @@ RECIPES = {
     "controller_only": Recipe("controller_only", ("runs/deletion_control.gin",),
                               ("ObjectiveConfig.hard_delete_train_prob = 0.0",)),
     "shipped": Recipe("shipped", ("runs/deletion_control.gin",)),
+    # the shipped recipe with hard-deletion batches from 200 steps after the
+    # regularizer delay, ramped in over 300 (issue 21: keeps the gate selective)
+    "late_hard": Recipe("late_hard", ("runs/deletion_control.gin",),
+                        ("ObjectiveConfig.hard_delete_train_start = 200",
+                         "ObjectiveConfig.hard_delete_train_ramp = 300")),
 }
 
 

@@ -60,6 +60,11 @@ class ObjectiveConfig:
   hard_delete_train_prob: chance that a training (micro-)batch runs with hard
     deletion (drawn from the ``hard_delete`` rng, so a resumed run draws the
     same), compacted to ``hard_delete_train_fraction`` of the input length.
+  hard_delete_train_start: None: that chance applies from the first step;
+    an int: hard-deletion batches begin this many steps after the
+    controller's regularizer delay (the gate first learns which bytes it can
+    delete from soft batches), rising linearly to ``hard_delete_train_prob``
+    over ``hard_delete_train_ramp`` steps (``hard_delete_probability``).
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -70,6 +75,8 @@ class ObjectiveConfig:
   entropy_coeff_2: float = 0.0
   hard_delete_train_prob: float = 0.0
   hard_delete_train_fraction: float = 1.0
+  hard_delete_train_start: Optional[int] = None
+  hard_delete_train_ramp: int = 0
 
   def __post_init__(self):
     factor = self.loss_normalizing_factor
@@ -91,6 +98,12 @@ class ObjectiveConfig:
     if not 0.0 < self.hard_delete_train_fraction <= 1.0:
       raise ValueError(f"hard_delete_train_fraction must be in (0, 1], got "
                        f"{self.hard_delete_train_fraction}")
+    start = self.hard_delete_train_start
+    if start is not None and (not isinstance(start, int) or start < 0):
+      raise ValueError(f"hard_delete_train_start must be None or an int >= 0, got {start!r}")
+    if not isinstance(self.hard_delete_train_ramp, int) or self.hard_delete_train_ramp < 0:
+      raise ValueError(f"hard_delete_train_ramp must be an int >= 0, got "
+                       f"{self.hard_delete_train_ramp!r}")
 
 
 # ----------------------------------------------------------------------------- cross entropy
@@ -240,13 +253,36 @@ def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_
           "hard": jnp.float32(deletion == "hard")}
 
 
-def _hard_delete_coin(objective: ObjectiveConfig, rngs, enable_dropout: bool, deletion: str,
+def hard_delete_probability(objective: ObjectiveConfig, step: jax.Array,
+                            regularizer_delay: int) -> jax.Array:
+  """The chance that the training batch of controller ``step`` runs with hard deletion.
+
+  ``hard_delete_train_prob`` from the first step, or, with
+  ``hard_delete_train_start`` = s and ``hard_delete_train_ramp`` = r, 0 before
+  step ``regularizer_delay + s`` and ``prob * min(1, (step - delay - s + 1) / r)``
+  from there (``prob`` at once when r is 0). float32 scalar.
+  """
+  prob = jnp.float32(objective.hard_delete_train_prob)
+  if objective.hard_delete_train_start is None:
+    return prob
+  begin = regularizer_delay + objective.hard_delete_train_start
+  after = jnp.asarray(step, jnp.float32) - begin
+  if objective.hard_delete_train_ramp == 0:
+    return jnp.where(after >= 0, prob, jnp.float32(0.0))
+  share = jnp.clip((after + 1) / objective.hard_delete_train_ramp, 0.0, 1.0)
+  return prob * share
+
+
+def _hard_delete_coin(objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
+                      controller_state, rngs, enable_dropout: bool, deletion: str,
                       module) -> Optional[jax.Array]:
   """The draw that sends a training batch through hard deletion, or None (never)."""
   if (objective.hard_delete_train_prob <= 0 or not enable_dropout or deletion != "soft"
       or not module.shortening.trains_hard or not rngs or "hard_delete" not in rngs):
     return None
-  return jax.random.bernoulli(rngs["hard_delete"], objective.hard_delete_train_prob)
+  chance = hard_delete_probability(objective, controller_state["step"],
+                                   controller.regularizer_delay)
+  return jax.random.bernoulli(rngs["hard_delete"], chance)
 
 
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
@@ -284,7 +320,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
                           stage_one, objective.score_loss_coeff > 0)
   length = batch["encoder_input_tokens"].shape[1]
-  coin = _hard_delete_coin(objective, rngs, enable_dropout, deletion, module)
+  coin = _hard_delete_coin(objective, controller, controller_state, rngs, enable_dropout,
+                           deletion, module)
   if coin is None:
     out = run(deletion, compacted_length)
   else:

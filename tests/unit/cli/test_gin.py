@@ -10,6 +10,7 @@ from mrt5_jax.cli import gin_flags
 import mrt5_jax.jobs.evaluate  # noqa: F401  (the jobs are registered with gin)
 import mrt5_jax.jobs.inspect  # noqa: F401
 import mrt5_jax.jobs.train  # noqa: F401
+import mrt5_jax.jobs.continue_from_byt5  # noqa: F401
 from mrt5_jax.jobs import gin_files
 from mrt5_jax.model.shortening.registry import shortening_for
 from tests.fixtures import REPO_ROOT

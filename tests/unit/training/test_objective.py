@@ -245,3 +245,44 @@ def test_hard_delete_training_draws_per_batch_and_follows_its_probability(tiny_m
   np.testing.assert_array_equal(flips[:10], [float(draws(k)) for k in keys[:10]])
   expected = np.asarray(jax.vmap(lambda k: jax.random.bernoulli(k, 0.3))(keys[:60]))
   np.testing.assert_array_equal(flips, expected.astype(np.float32))
+
+
+@pytest.mark.parametrize("start,ramp", [(None, 0), (0, 0), (200, 0), (200, 300)])
+def test_hard_delete_probability_follows_its_schedule(start, ramp):
+  objective = obj.ObjectiveConfig(hard_delete_train_prob=0.5, hard_delete_train_start=start,
+                                  hard_delete_train_ramp=ramp)
+  delay = 700
+  for step in (0, 699, 700, 899, 900, 901, 1000, 1199, 1200, 5000):
+    if start is None:
+      expected = 0.5
+    elif step < delay + start:
+      expected = 0.0
+    elif ramp == 0:
+      expected = 0.5
+    else:
+      expected = 0.5 * min(1.0, (step - delay - start + 1) / ramp)
+    value = float(obj.hard_delete_probability(objective, jnp.int32(step), delay))
+    assert value == pytest.approx(expected, abs=1e-7), (step, value, expected)
+
+
+def test_hard_delete_batches_wait_for_their_start_step(tiny_model):
+  module, variables = tiny_model
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
+  cc = ctl.ControllerConfig(regularizer_delay=10)
+  oc = obj.ObjectiveConfig(hard_delete_train_prob=1.0, hard_delete_train_start=5)
+  rng = jax.random.PRNGKey(0)
+
+  def hard_batches(step):
+    state = {**ctl.init_state(cc), "step": jnp.int32(step)}
+    _, sums = obj.compute_loss(module, variables["params"], state, batch,
+                               {"dropout": rng, "hard_delete": rng}, objective=oc, controller=cc)
+    return float(sums["hard_deletion_batches"])
+
+  assert [hard_batches(s) for s in (0, 14, 15, 40)] == [0.0, 0.0, 1.0, 1.0]
+
+
+def test_hard_delete_schedule_settings_are_checked():
+  with pytest.raises(ValueError, match="hard_delete_train_start"):
+    obj.ObjectiveConfig(hard_delete_train_start=-1)
+  with pytest.raises(ValueError, match="hard_delete_train_ramp"):
+    obj.ObjectiveConfig(hard_delete_train_ramp=-5)
