@@ -217,3 +217,24 @@ class LogRecords(logging.Handler):
 
   def warnings(self) -> list[str]:
     return [r.getMessage() for r in self.records if r.levelno >= logging.WARNING]
+
+
+def seqio_metrics(name: str, split: str, lengths: dict, predict) -> dict[str, dict[str, float]]:
+  """seqio metrics of every task of ``name`` (a task or mixture) when the model outputs
+  ``predict(features)`` ids: {task: {metric: value}}."""
+  import seqio  # tests of the model do not need seqio loaded
+  evaluator = seqio.Evaluator(
+      name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
+      eval_split=split, sequence_length=lengths, logger_cls=(),
+      async_compute_metrics=False)
+
+  def predict_fn(ds, *unused):
+    return [(int(i), np.asarray(predict(f))) for i, f in ds.as_numpy_iterator()]
+
+  def score_fn(ds, *unused):
+    return [(int(i), 0.0) for i, _ in ds.as_numpy_iterator()]
+
+  futures, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
+                                  score_fn=score_fn)
+  return {task: {k: float(getattr(v, "value", v)) for k, v in m.items()}
+          for task, m in futures.result().items()}

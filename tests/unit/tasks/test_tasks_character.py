@@ -8,6 +8,7 @@ import pytest
 import seqio
 
 import mrt5_jax.tasks as tasks
+from tests.fixtures import seqio_metrics
 
 SPELLING = "mrt5.character.spelling_correction_contextual"
 WORD_SEARCH = "mrt5.character.word_search"
@@ -47,21 +48,7 @@ def _text(ids):
 
 
 def _evaluate(name, split, lengths, predict):
-  evaluator = seqio.Evaluator(
-      name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=split, sequence_length=lengths, logger_cls=(),
-      async_compute_metrics=False)
-
-  def predict_fn(ds, *unused):
-    return [(int(i), np.asarray(predict(f))) for i, f in ds.as_numpy_iterator()]
-
-  def score_fn(ds, *unused):
-    return [(int(i), 0.0) for i, _ in ds.as_numpy_iterator()]
-
-  futures, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
-                                  score_fn=score_fn)
-  return {k: float(getattr(v, "value", v))
-          for k, v in futures.result()[name].items()}
+  return seqio_metrics(name, split, lengths, predict)[name]
 
 
 def test_names_splits_lengths_and_metric():

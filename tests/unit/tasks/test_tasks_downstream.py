@@ -12,6 +12,7 @@ import pytest
 import seqio
 
 import mrt5_jax.tasks as tasks
+from tests.fixtures import seqio_metrics
 from mrt5_jax.tasks import testing
 
 XNLI_LANGUAGES = ("en", "fr", "es", "de", "el", "bg", "ru", "tr", "ar", "vi",
@@ -53,25 +54,6 @@ def _decoded(example, feature):
   ids = [int(i) for i in example[feature]]
   assert ids[-1] == 1, "EOS last"
   return bytes(i - 3 for i in ids[:-1]).decode("utf-8")
-
-
-def _evaluate(name, split, lengths, predict):
-  """seqio metrics of ``name`` when the model outputs ``predict(features)`` ids."""
-  evaluator = seqio.Evaluator(
-      name, feature_converter=seqio.EncDecFeatureConverter(pack=False),
-      eval_split=split, sequence_length=lengths, logger_cls=(),
-      async_compute_metrics=False)
-
-  def predict_fn(ds, *unused):
-    return [(int(i), np.asarray(predict(f))) for i, f in ds.as_numpy_iterator()]
-
-  def score_fn(ds, *unused):
-    return [(int(i), 0.0) for i, _ in ds.as_numpy_iterator()]
-
-  futures, _ = evaluator.evaluate(compute_metrics=True, predict_fn=predict_fn,
-                                  score_fn=score_fn)
-  return {task: {k: float(getattr(v, "value", v)) for k, v in m.items()}
-          for task, m in futures.result().items()}
 
 
 def _padded(text, length):
@@ -173,11 +155,11 @@ def test_long_xnli_inputs_are_cut_with_eos_last(tfds_dir):
 
 def test_xnli_accuracy_through_seqio_evaluation(tfds_dir):
   tasks.set_tfds_data_dir(tfds_dir)
-  exact = _evaluate("mrt5.xnli.en", "test", XNLI_LENGTHS,
+  exact = seqio_metrics("mrt5.xnli.en", "test", XNLI_LENGTHS,
                     lambda f: f["decoder_target_tokens"])
   assert exact == {"mrt5.xnli.en": {"accuracy": 100.0}}
   # Always "0": right on 2 of the 3 English test labels (0, 2, 0).
-  always_entailment = _evaluate("mrt5.xnli.zeroshot15", "test", XNLI_LENGTHS,
+  always_entailment = seqio_metrics("mrt5.xnli.zeroshot15", "test", XNLI_LENGTHS,
                                 lambda f: _padded("0", 8))
   assert always_entailment["mrt5.xnli.en"]["accuracy"] == pytest.approx(200 / 3)
   assert always_entailment["mrt5.xnli.th"]["accuracy"] == 50.0
@@ -246,7 +228,7 @@ def test_qa_targets_round_trip_to_100_through_seqio_evaluation(tfds_dir):
   for name, split in (("mrt5.tydiqa.goldp9", "validation"),
                       ("mrt5.xquad.zeroshot11", "test"),
                       ("mrt5.xquad.train", "validation")):
-    results = _evaluate(name, split, QA_LENGTHS,
+    results = seqio_metrics(name, split, QA_LENGTHS,
                         lambda f: f["decoder_target_tokens"])
     assert results, name
     for task, metrics in results.items():
@@ -259,16 +241,16 @@ def test_qa_metrics_take_the_best_gold_answer(tfds_dir):
   tasks.set_tfds_data_dir(tfds_dir)
   # Golds: "Denver Broncos", "The Denver Broncos", "Denver Broncos".
   # "Broncos": precision 1, recall 1/2 -> F1 2/3 against every gold.
-  partial = _evaluate("mrt5.xquad.train", "validation", QA_LENGTHS,
+  partial = seqio_metrics("mrt5.xquad.train", "validation", QA_LENGTHS,
                       lambda f: _padded("Broncos", 64))["mrt5.xquad.train"]
   assert partial["exact_match"] == 0.0
   assert partial["f1"] == pytest.approx(200 / 3)
   # "the Denver Broncos!" matches the second gold exactly after normalisation.
-  exact = _evaluate("mrt5.xquad.train", "validation", QA_LENGTHS,
+  exact = seqio_metrics("mrt5.xquad.train", "validation", QA_LENGTHS,
                     lambda f: _padded("the Denver Broncos!", 64))
   assert exact["mrt5.xquad.train"]["exact_match"] == 100.0
   # Chinese: "北京市" for "北京": SQuAD F1 0 (one token each), per-character 0.8.
-  chinese = _evaluate("mrt5.xquad.zh", "test", QA_LENGTHS,
+  chinese = seqio_metrics("mrt5.xquad.zh", "test", QA_LENGTHS,
                       lambda f: _padded("北京市", 64))["mrt5.xquad.zh"]
   assert chinese["f1"] == 0.0
   assert chinese["f1_multilingual"] == pytest.approx(80.0)
