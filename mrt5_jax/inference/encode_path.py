@@ -7,6 +7,14 @@ the network (a checkpoint's ``model_config.json`` never carries it):
   is one compiled program; the host reads the batch's largest kept count,
   picks the smallest bucket that holds it, and runs stage two compiled for
   that bucket, so a stream of batches costs at most one program per bucket.
+* ``packed``: stage one as in ``bucketed``; the host plans where every
+  row's kept positions go (``mrt5_jax.maths.packing``), and stage two runs on
+  the kept positions of all rows packed densely into rows of the input length,
+  so its cost follows the batch's total kept count instead of its longest row.
+  The packed row count is bucketed (``packed_row_buckets`` shapes per batch
+  size); the output is unpacked to per-row slots (bucketed like ``bucketed``)
+  for the decoder. Kinds that do not keep a subset of positions (BP, CP) run
+  ``bucketed``.
 * ``capacity``: one program whose compacted length is a fixed fraction of
   the input length; if more positions pass the threshold than fit, the
   highest-G ones are kept and the overflow is reported (``num_dropped``).
@@ -27,12 +35,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mrt5_jax.maths import packing
 from mrt5_jax.maths import rng as rng_lib
 from mrt5_jax.model.outputs import EncoderOutput, StageOneOutput
 from mrt5_jax.model.shortening.base import deleted_positions, deletion_rate
 from mrt5_jax.parallel.partitioning import host_array
 
-MODES = ("bucketed", "capacity", "soft")
+MODES = ("packed", "bucketed", "capacity", "soft")
 
 
 @gin.configurable
@@ -44,11 +53,14 @@ class InferenceConfig:
   min_bucket_length: the smallest bucket.
   capacity_fraction: ``capacity`` mode's length as a fraction of the input
     length, rounded up to a bucket.
+  packed_row_buckets: ``packed`` mode's packed row counts per batch size: the
+    count is rounded up to a multiple of ceil(rows / packed_row_buckets).
   """
   mode: str = "bucketed"
   bucket_step: int = 0
   min_bucket_length: int = 8
   capacity_fraction: float = 0.5
+  packed_row_buckets: int = 8
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -57,6 +69,8 @@ class InferenceConfig:
       raise ValueError(f"capacity_fraction must be in (0, 1], got {self.capacity_fraction}")
     if self.bucket_step < 0 or self.min_bucket_length < 1:
       raise ValueError("bucket_step must be >= 0 and min_bucket_length >= 1")
+    if self.packed_row_buckets < 1:
+      raise ValueError(f"packed_row_buckets must be >= 1, got {self.packed_row_buckets}")
 
   def replace(self, **changes) -> "InferenceConfig":
     return dataclasses.replace(self, **changes)
@@ -113,10 +127,12 @@ class EncodePath:
   ``soft`` mode). Programs are compiled once per shape and bucket.
   """
 
-  def __init__(self, module: nn.Module, inference: InferenceConfig = InferenceConfig()):
+  def __init__(self, module: nn.Module, inference: InferenceConfig = InferenceConfig(),
+               num_groups: int = 1):
     self.module = module
     self.config = module.config
     self.inference = inference
+    self.num_groups = num_groups
     self.shortening = shortening = module.shortening
 
     def stage_one(params, tokens, segment_ids, rng):
@@ -129,6 +145,10 @@ class EncodePath:
                           deletion=deletion, compacted_length=length,
                           method=module.encode_stage_two)
 
+    def stage_two_packed(params, reading, tokens, segment_ids, plan, unpacked_length):
+      return module.apply({"params": params}, reading, tokens, segment_ids, plan,
+                          unpacked_length, False, method=module.encode_stage_two_packed)
+
     def encode_once(params, tokens, segment_ids, rng, deletion, length):
       return module.apply({"params": params}, tokens, segment_ids, None, False,
                           deletion=deletion, compacted_length=length, return_aux=True,
@@ -137,11 +157,25 @@ class EncodePath:
     self._stage_one = jax.jit(stage_one)
     self._stage_two = jax.jit(stage_two, static_argnames=("deletion", "length"))
     self._encode_once = jax.jit(encode_once, static_argnames=("deletion", "length"))
+    self._stage_two_packed = jax.jit(stage_two_packed, static_argnames="unpacked_length")
 
   @property
   def num_compiled_programs(self) -> int:
     """Encoder programs compiled so far (each jitted function's cache entries)."""
-    return sum(fn._cache_size() for fn in (self._stage_one, self._stage_two, self._encode_once))
+    return sum(fn._cache_size() for fn in (self._stage_one, self._stage_two, self._encode_once,
+                                           self._stage_two_packed))
+
+  def resolved_mode(self, mode: Optional[str] = None) -> str:
+    """The mode that runs: ``mode`` (default: the config's), ``soft`` where hard
+    shortening equals soft, ``bucketed`` for ``packed`` where nothing can pack."""
+    mode = mode or self.inference.mode
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not self.shortening.hard_differs:
+      return "soft"
+    if mode == "packed" and not self.shortening.packs:
+      return "bucketed"
+    return mode
 
   def _rng(self, rng):
     """A shortening that draws at every call (random deletion) gets a fixed key
@@ -165,22 +199,39 @@ class EncodePath:
     """Stage two on ``length`` kept positions (hard) or at full length (soft)."""
     return self._stage_two(params, reading, tokens, segment_ids, deletion, length)
 
+  def packing_plan(self, kept, input_length: int) -> packing.PackingPlan:
+    """Where every row's kept positions go (``kept`` (B,) from ``read_gate``).
+
+    Made from the kept counts of all processes, so every process makes the
+    same plan; one group of rows per data-parallel shard (``num_groups``).
+    """
+    return packing.make_plan(host_array(kept), input_length, self.num_groups,
+                             self.inference.packed_row_buckets)
+
+  def finish_packed(self, params, reading: StageOneOutput, tokens, segment_ids,
+                    plan: packing.PackingPlan, unpacked_length: int) -> EncoderOutput:
+    """Stage two with the kept positions packed (``plan``), unpacked to
+    (B, ``unpacked_length``)."""
+    return self._stage_two_packed(params, reading, tokens, segment_ids, plan, unpacked_length)
+
   def encode(self, params, tokens, segment_ids=None, *, mode: Optional[str] = None,
              rng=None) -> EncoderOutput:
     """The encoder output in ``mode`` (default: the InferenceConfig's)."""
-    mode = mode or self.inference.mode
-    if mode not in MODES:
-      raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    mode = self.resolved_mode(mode)
     length = tokens.shape[1]
     rng = self._rng(rng)
-    if mode == "soft" or not self.shortening.hard_differs:
+    if mode == "soft":
       return self._encode_once(params, tokens, segment_ids, rng, "soft", None)
     if mode == "capacity":
       return self._encode_once(params, tokens, segment_ids, rng, "hard",
                                capacity_length(self.inference, length))
     reading, kept = self.read_gate(params, tokens, segment_ids, rng)
+    unpacked_length = self.compacted_length(kept, length)
+    if mode == "packed":
+      return self.finish_packed(params, reading, tokens, segment_ids,
+                                self.packing_plan(kept, length), unpacked_length)
     return self.finish(params, reading, tokens, segment_ids, deletion="hard",
-                       length=self.compacted_length(kept, length))
+                       length=unpacked_length)
 
 
 def deletion_figures(out: EncoderOutput, encoder_input_tokens: jax.Array,

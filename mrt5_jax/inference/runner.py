@@ -34,7 +34,8 @@ def _as_tokens(array, name: str) -> jax.Array:
 class InferenceRunner:
   """Encode, score and generate with one set of params, caching compiled programs.
 
-  ``mode`` overrides ``inference.mode``; a model without a gate always runs soft.
+  ``mode`` overrides ``inference.mode``; a model without a gate always runs
+  soft, BP and CP run ``packed`` as ``bucketed`` (``EncodePath.resolved_mode``).
   """
 
   def __init__(self, config: MrT5Config, params, *, mode: Optional[str] = None,
@@ -45,8 +46,8 @@ class InferenceRunner:
     self.config = config
     self.params = layer_stacking.to_layout(params, config)
     self.module = Transformer(config)
-    self.mode = mode if self.module.shortening.shortens else "soft"
-    self.path = EncodePath(self.module, inference.replace(mode=self.mode))
+    self.path = EncodePath(self.module, inference.replace(mode=mode))
+    self.mode = self.path.resolved_mode()
     module = self.module
 
     def score(params, encoder_output, decoder_input_tokens, decoder_target_tokens):

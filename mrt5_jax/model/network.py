@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from mrt5_jax.maths import attention as attn_lib
+from mrt5_jax.maths import packing
 from mrt5_jax.model.attention import MultiHeadAttention, RelativePositionBiases
 from mrt5_jax.model import layers
 from mrt5_jax.model.config import MrT5Config
@@ -210,6 +211,34 @@ class Encoder(nn.Module):
                          gate_logits=reading.gate_logits, kept_positions=short.kept_positions,
                          num_dropped=short.num_dropped, boundaries=reading.boundaries)
 
+  def stage_two_packed(self, reading: StageOneOutput, tokens, segment_ids,
+                       plan: packing.PackingPlan, unpacked_length: int, *,
+                       deterministic: bool = True) -> EncoderOutput:
+    """Hard deletion with every row's kept positions packed (``maths.packing``):
+    the remaining layers run on ``plan.packed_rows`` rows of ``plan.row_length``
+    slots; the output is unpacked to (B, ``unpacked_length``) per-row slots,
+    kept positions first in order, as per-row hard deletion returns them."""
+    keep = self.shortening.keep_mask(reading.gate, tokens, segment_ids)
+    packed = packing.pack(keep, plan, segment_ids)
+    groups = plan.num_groups
+    x = packing.gather_packed(reading.hidden, packed, groups)
+    bias = self.self_attention_bias(packed.positions, packed.valid, packed.segment_ids)
+    x = self.apply_layers(2, x, bias, deterministic)
+    x = self.dropout(self.encoder_norm(x), deterministic=deterministic)
+    slots, valid = packing.unpack_slots(plan, unpacked_length)
+    kept_positions = jnp.where(valid, packing.gather_unpacked(packed.positions, slots, groups), 0)
+    unpacked_segments = None
+    if segment_ids is not None:
+      unpacked_segments = jnp.where(
+          valid, jnp.take_along_axis(jnp.asarray(segment_ids, jnp.int32), kept_positions, 1), 0)
+    return EncoderOutput(encoded=packing.gather_unpacked(x, slots, groups),
+                         mask=valid.astype(jnp.int32),
+                         key_bias=jnp.zeros(valid.shape, jnp.float32),
+                         segment_ids=unpacked_segments, gate=reading.gate,
+                         gate_logits=reading.gate_logits, kept_positions=kept_positions,
+                         num_dropped=jnp.zeros((tokens.shape[0],), jnp.int32),
+                         boundaries=reading.boundaries)
+
   def __call__(self, embedded, tokens, segment_ids=None, *, deletion: str = "soft",
                compacted_length: Optional[int] = None, deterministic: bool = True):
     reading = self.stage_one(embedded, tokens, segment_ids, deterministic)
@@ -320,6 +349,15 @@ class Transformer(nn.Module):
                                   encoder_segment_ids, deletion=deletion,
                                   compacted_length=compacted_length,
                                   deterministic=not enable_dropout)
+
+  def encode_stage_two_packed(self, reading: StageOneOutput, encoder_input_tokens,
+                              encoder_segment_ids, plan: packing.PackingPlan,
+                              unpacked_length: int,
+                              enable_dropout: bool = True) -> EncoderOutput:
+    """The layers from the gate on with the kept positions of all rows packed."""
+    return self.encoder.stage_two_packed(reading, encoder_input_tokens, encoder_segment_ids,
+                                         plan, unpacked_length,
+                                         deterministic=not enable_dropout)
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, encoder_positions=None,
              enable_dropout: bool = True, *, deletion: str = "soft",

@@ -19,9 +19,13 @@ path, the speed meter and the t5x adapter talk to it and never to the kind:
   at (its own, or the controller's).
 * ``deleted``, ``kept_counts``: what "deleted" means for the deletion profile,
   the inspect tool and the hard-deletion buckets.
+* ``keep_mask``: the positions hard shortening keeps, for the kinds whose
+  hard shortening is keeping positions (``packs``: packed hard deletion,
+  ``mrt5_jax.maths.packing``).
 * Flags for the few places that need to know what exists: ``shortens``
   (False only for plain ByT5), ``hard_differs`` (hard shortening differs from
-  soft), ``trains_hard`` (``hard_delete_train_prob`` applies), ``learned_gate``
+  soft), ``packs`` (hard shortening keeps a subset of positions),
+  ``trains_hard`` (``hard_delete_train_prob`` applies), ``learned_gate``
   (the published MrT5 state dict holds its weights), ``converts`` (to PyTorch),
   ``needs_deletion_rng`` (draws from the 'deletion' rng at every call).
 
@@ -146,6 +150,7 @@ class Shortening:
   module_name: Optional[str] = None
   shortens = False
   hard_differs = False
+  packs = False
   trains_hard = False
   learned_gate = False
   converts = True
@@ -221,6 +226,11 @@ class Shortening:
     if gate is None:
       return jnp.zeros(real.shape, jnp.bool_)
     return deleted_positions(gate, real, self.config.deletion_threshold)
+
+  def keep_mask(self, gate: Optional[jax.Array], tokens: jax.Array,
+                segment_ids: Optional[jax.Array]) -> jax.Array:
+    """(B, L) bool: the positions hard shortening keeps (``packs`` kinds only)."""
+    raise NotImplementedError(f"{self.title} does not keep a subset of positions")
 
   def kept_counts(self, gate: Optional[jax.Array], tokens: jax.Array,
                   segment_ids: Optional[jax.Array]) -> jax.Array:

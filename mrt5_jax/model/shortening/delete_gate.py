@@ -166,6 +166,7 @@ class GateShortening(base.Shortening):
   module_class = DeleteGate
   shortens = True
   hard_differs = True
+  packs = True
   trains_hard = True
 
   def make_module(self):
@@ -181,10 +182,10 @@ class GateShortening(base.Shortening):
   def hard(self, module, hidden, reading, tokens, segment_ids, compacted_length):
     """Kept positions (G above the threshold) gathered in order into
     ``compacted_length`` slots (default: the input length, which never overflows)."""
-    gate, real = reading.gate, tokens > 0
+    gate = reading.gate
     if compacted_length is None:
       compacted_length = tokens.shape[1]
-    keep = compaction.keep_mask(gate, real, self.config.deletion_threshold, segment_ids)
+    keep = self.keep_mask(gate, tokens, segment_ids)
     chosen = compaction.compact_indices(keep, gate, compacted_length)
     compacted_segments = None
     if segment_ids is not None:
@@ -212,6 +213,9 @@ class GateShortening(base.Shortening):
 
   def target_rate(self, controller_target: float) -> Optional[float]:
     return controller_target
+
+  def keep_mask(self, gate, tokens, segment_ids):
+    return compaction.keep_mask(gate, tokens > 0, self.config.deletion_threshold, segment_ids)
 
   def kept_counts(self, gate, tokens, segment_ids):
     return compaction.count_kept(gate, tokens > 0, self.config.deletion_threshold, segment_ids)

@@ -1,0 +1,174 @@
+"""Packed hard deletion: the kept positions of all rows packed densely into fewer rows.
+
+Per-row compaction (``compaction``) runs every row at the length of the
+batch's longest kept row; packing places whole rows' kept positions side by
+side in packed rows of length ``row_length`` (the input length), so the
+layers after the gate run on about ``sum(kept) / row_length`` rows instead of
+``batch`` rows. Each packed slot remembers its row and original position:
+attention stays within a (row, segment) and the relative position bias reads
+the original positions, so the result equals per-row hard deletion.
+
+The plan (which packed row and offset each row gets) is made on the host from
+the per-row kept counts (first-fit decreasing); the packing itself is traced
+with static shapes. Rows are packed within groups of consecutive rows (one
+group per data-parallel shard), so under SPMD every gather stays on its device
+and every device runs the same shape.
+
+Shapes: B rows, L input length, G groups, R packed rows per group, Lp packed
+row length, S = R * Lp slots per group, Lc unpacked (per-row) length.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def first_fit_decreasing(kept: np.ndarray, row_length: int) -> tuple[np.ndarray, int]:
+  """Place rows of ``kept`` (n,) positions into bins of ``row_length`` slots.
+
+  Returns each row's first slot (bin * row_length + offset), (n,) int32, and
+  the number of bins used. Rows are placed longest first into the first bin
+  with room.
+  """
+  kept = np.asarray(kept, np.int64)
+  if kept.size and (kept.max() > row_length or kept.min() < 0):
+    raise ValueError(f"kept counts must lie in [0, {row_length}], got {kept.min()}..{kept.max()}")
+  free = np.full(len(kept), row_length, np.int64)
+  starts = np.zeros(len(kept), np.int32)
+  used = 0
+  for row in np.argsort(-kept, kind="stable"):
+    need = kept[row]
+    fits = np.flatnonzero(free[:used] >= need) if used else np.empty(0, np.int64)
+    index = int(fits[0]) if fits.size else used
+    used = max(used, index + 1)
+    starts[row] = index * row_length + (row_length - free[index])
+    free[index] -= need
+  return starts, used
+
+
+def rows_bucket(needed: int, rows: int, num_buckets: int) -> int:
+  """``needed`` packed rows rounded up to a multiple of ceil(rows / num_buckets),
+  at most ``rows``: at most ``num_buckets`` distinct shapes per batch size."""
+  step = max(1, math.ceil(rows / max(1, num_buckets)))
+  return min(rows, max(step, step * math.ceil(needed / step)))
+
+
+@flax.struct.dataclass
+class PackingPlan:
+  """Where each row's kept positions go (host-made, traced as data).
+
+  starts: (B,) int32 first slot of each row within its group's S slots.
+  kept: (B,) int32 kept positions of each row.
+  num_groups, rows_per_group, row_length: the static packed shape
+    (G * R rows of Lp slots).
+  """
+  starts: jax.Array
+  kept: jax.Array
+  num_groups: int = flax.struct.field(pytree_node=False, default=1)
+  rows_per_group: int = flax.struct.field(pytree_node=False, default=1)
+  row_length: int = flax.struct.field(pytree_node=False, default=1)
+
+  @property
+  def packed_rows(self) -> int:
+    return self.num_groups * self.rows_per_group
+
+
+def make_plan(kept: np.ndarray, row_length: int, num_groups: int = 1,
+              num_buckets: int = 8) -> PackingPlan:
+  """First-fit decreasing within each group of consecutive rows; the packed row
+  count is the largest group's need, bucketed (``rows_bucket``), so every group
+  (device) gets the same shape."""
+  kept = np.asarray(kept, np.int64).reshape(-1)
+  if num_groups < 1 or kept.size % num_groups:
+    raise ValueError(f"{kept.size} rows do not split into {num_groups} equal groups")
+  per_group = kept.size // num_groups
+  starts, needed = [], 1
+  for group in kept.reshape(num_groups, per_group):
+    group_starts, used = first_fit_decreasing(group, row_length)
+    starts.append(group_starts)
+    needed = max(needed, used)
+  rows = rows_bucket(needed, per_group, num_buckets)
+  return PackingPlan(starts=np.concatenate(starts).astype(np.int32),
+                     kept=kept.astype(np.int32), num_groups=num_groups,
+                     rows_per_group=rows, row_length=row_length)
+
+
+@flax.struct.dataclass
+class Packed:
+  """The packed layout, (G * R, Lp) each.
+
+  source: index of each slot's position in its group's flattened (B / G * L)
+    inputs (0 where invalid).
+  valid: the slot holds a kept position.
+  positions: its original position within its row (relative position bias).
+  segment_ids: a positive id per (row, input segment) within the group; 0 invalid.
+  """
+  source: jax.Array
+  valid: jax.Array
+  positions: jax.Array
+  segment_ids: jax.Array
+
+
+def pack(keep: jax.Array, plan: PackingPlan,
+         segment_ids: Optional[jax.Array] = None) -> Packed:
+  """The packed layout of the kept positions ``keep`` (B, L) under ``plan``."""
+  batch, length = keep.shape
+  groups, lp = plan.num_groups, plan.row_length
+  per_group = batch // groups
+  slots = plan.rows_per_group * lp
+  rank = jnp.cumsum(keep.astype(jnp.int32), axis=-1) - 1
+  target = jnp.where(keep, plan.starts[:, None] + rank, slots).reshape(groups, -1)
+  local_row = (jnp.arange(batch, dtype=jnp.int32) % per_group)[:, None]
+  source = (local_row * length + jnp.arange(length, dtype=jnp.int32)[None, :]).reshape(groups, -1)
+
+  def scatter(group_target, group_source):
+    placed = jnp.full((slots + 1,), -1, jnp.int32).at[group_target].set(group_source, mode="drop")
+    return placed[:slots]
+
+  placed = jax.vmap(scatter)(target, source)
+  valid = placed >= 0
+  placed = jnp.maximum(placed, 0)
+  row, position = placed // length, placed % length
+  if segment_ids is None:
+    input_segment = jnp.ones_like(placed)
+  else:
+    input_segment = jnp.take_along_axis(
+        jnp.asarray(segment_ids, jnp.int32).reshape(groups, -1), placed, axis=1)
+  segment = jnp.where(valid, row * (length + 1) + input_segment, 0)
+  shape = (groups * plan.rows_per_group, lp)
+  return Packed(source=placed.reshape(shape), valid=valid.reshape(shape),
+                positions=position.reshape(shape), segment_ids=segment.reshape(shape))
+
+
+def gather_packed(values: jax.Array, packed: Packed, num_groups: int) -> jax.Array:
+  """values (B, L, ...) -> their packed slots (G * R, Lp, ...)."""
+  batch, length = values.shape[:2]
+  grouped = values.reshape((num_groups, (batch // num_groups) * length) + values.shape[2:])
+  index = packed.source.reshape(num_groups, -1)
+  index = index.reshape(index.shape + (1,) * (values.ndim - 2))
+  out = jnp.take_along_axis(grouped, index, axis=1)
+  return out.reshape(packed.source.shape + values.shape[2:])
+
+
+def unpack_slots(plan: PackingPlan, length: int) -> tuple[jax.Array, jax.Array]:
+  """Each row's first ``length`` kept slots in the packed layout: (index into
+  its group's S slots, valid), both (B, Lc = length)."""
+  j = jnp.arange(length, dtype=jnp.int32)[None, :]
+  valid = j < plan.kept[:, None]
+  return jnp.where(valid, plan.starts[:, None] + j, 0), valid
+
+
+def gather_unpacked(values: jax.Array, slots: jax.Array, num_groups: int) -> jax.Array:
+  """values (G * R, Lp, ...) at per-row ``slots`` (B, Lc) -> (B, Lc, ...)."""
+  rows, lp = values.shape[:2]
+  grouped = values.reshape((num_groups, (rows // num_groups) * lp) + values.shape[2:])
+  batch, length = slots.shape
+  index = slots.reshape(num_groups, -1)
+  index = index.reshape(index.shape + (1,) * (values.ndim - 2))
+  out = jnp.take_along_axis(grouped, index, axis=1)
+  return out.reshape((batch, length) + values.shape[2:])

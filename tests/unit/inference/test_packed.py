@@ -1,0 +1,98 @@
+"""Packed hard deletion equals per-row (bucketed) hard deletion."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mrt5_jax.inference.encode_path import EncodePath, InferenceConfig
+from mrt5_jax.inference.runner import InferenceRunner
+from mrt5_jax.model import layer_stacking
+from tests.fixtures import as_tuple, byte_batch, init_params, model_config
+
+jax.config.update("jax_default_matmul_precision", "highest")
+BUCKETS = InferenceConfig(mode="bucketed", min_bucket_length=4, bucket_step=4)
+VARIANTS = {
+    "dense": {},
+    "blocked": dict(attention_impl="blocked", attention_block_size=8,
+                    attention_query_block_size=8),
+    "scanned": dict(scan_layers=True),
+}
+
+
+def gated_model(variant, rows=6, pad_from=(None, 20, 9, 1, 30, 14)):
+  """A tiny MrT5 whose rows keep very different numbers of positions."""
+  cfg = model_config(**VARIANTS[variant])
+  batch = as_tuple(byte_batch(batch=rows, length=32, pad_from=pad_from))
+  _, params = init_params(model_config(), batch)
+  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([0.0], jnp.float32)
+  return cfg, batch, layer_stacking.to_layout(params, cfg)
+
+
+def assert_same_output(packed, bucketed):
+  np.testing.assert_array_equal(packed.mask, bucketed.mask)
+  np.testing.assert_array_equal(packed.kept_positions, bucketed.kept_positions)
+  valid = np.asarray(bucketed.mask) > 0
+  np.testing.assert_allclose(np.asarray(packed.encoded)[valid],
+                             np.asarray(bucketed.encoded)[valid], atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_packed_equals_bucketed_encode_score_generate(variant):
+  cfg, (enc, dec_in, tgt), params = gated_model(variant)
+  bucketed = InferenceRunner(cfg, params, inference=BUCKETS)
+  packed = InferenceRunner(cfg, params, inference=BUCKETS.replace(mode="packed"))
+  assert packed.mode == "packed"
+  kept = np.asarray(bucketed.encode(enc).mask).sum(-1)
+  assert kept.max() > 2 * kept.min()  # rows differ, so packing moves them around
+  plan = packed.path.packing_plan(kept, enc.shape[1])
+  assert plan.packed_rows < enc.shape[0]
+  assert_same_output(packed.encode(enc), bucketed.encode(enc))
+  np.testing.assert_allclose(packed.score(enc, dec_in, tgt), bucketed.score(enc, dec_in, tgt),
+                             atol=1e-5)
+  np.testing.assert_array_equal(packed.generate(enc, 8), bucketed.generate(enc, 8))
+
+
+def test_packed_with_input_segments_and_all_pad_rows():
+  cfg, (enc, dec_in, tgt), params = gated_model("dense", rows=4, pad_from=(None, 0, 20, 0))
+  segments = np.where(enc > 0, 1 + (np.arange(enc.shape[1]) >= 12), 0).astype(np.int32)
+  bucketed = InferenceRunner(cfg, params, inference=BUCKETS)
+  packed = InferenceRunner(cfg, params, inference=BUCKETS.replace(mode="packed"))
+  a = packed.encode(enc, segments)
+  b = bucketed.encode(enc, segments)
+  assert_same_output(a, b)
+  np.testing.assert_array_equal(a.segment_ids, b.segment_ids)
+  assert np.all(np.isfinite(np.asarray(a.encoded)))
+
+
+def test_groups_pack_separately_with_one_shape():
+  cfg, (enc, _, _), params = gated_model("dense")
+  module = InferenceRunner(cfg, params).module
+  reference = EncodePath(module, BUCKETS).encode(params, jnp.asarray(enc))
+  path = EncodePath(module, BUCKETS.replace(mode="packed"), num_groups=2)
+  reading, kept = path.read_gate(params, jnp.asarray(enc))
+  plan = path.packing_plan(kept, enc.shape[1])
+  assert plan.num_groups == 2 and plan.packed_rows % 2 == 0
+  # each group's rows start inside the group's own slots
+  assert np.all(np.asarray(plan.starts) < plan.rows_per_group * plan.row_length)
+  assert_same_output(path.encode(params, jnp.asarray(enc)), reference)
+
+
+def test_packed_programs_follow_row_buckets():
+  cfg, (enc, _, _), params = gated_model("dense")
+  packed = InferenceRunner(cfg, params, inference=BUCKETS.replace(mode="packed",
+                                                                  packed_row_buckets=2))
+  rng = np.random.RandomState(1)
+  for _ in range(6):
+    packed.encode(np.where(rng.rand(*enc.shape) < 0.2, 0, enc))
+  # stage one, and stage two per (packed row count, unpacked bucket): 2 row buckets x 8
+  # length buckets at most, far fewer in practice
+  assert packed.num_compiled_programs <= 1 + 2 * 8
+
+
+def test_pooling_kinds_run_packed_as_bucketed():
+  cfg = model_config(deletion_type="boundary")
+  enc, dec_in, tgt = as_tuple(byte_batch(length=32))
+  _, params = init_params(cfg, (enc, dec_in, tgt))
+  runner = InferenceRunner(cfg, params, inference=BUCKETS.replace(mode="packed"))
+  assert runner.mode == "bucketed"
+  assert runner.encode(enc).encoded.shape[0] == enc.shape[0]
