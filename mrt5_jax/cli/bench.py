@@ -1,7 +1,8 @@
 """``mrt5-bench``: speed and memory measurements.
 
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
-                       [--rates 0.25,0.5,0.75] [--repeats 3] [--no_baselines]
+                       [--rates 0.25,0.5,0.75] [--row_rate_spread 0.1] [--repeats 3]
+                       [--modes pow2,step,packed,capacity] [--no_baselines]
                        [--output results.json]
   mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
                        [--batch 1] [--scan_layers] [--attention dense|blocked]
@@ -14,7 +15,9 @@
                        [--steps 1500] [--work_dir /tmp/mrt5_deletion] [--output rows.json]
                        [--gin BINDING ...]
 
-``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates, and
+``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates (each
+row its own around the batch's with ``--row_rate_spread``), in each
+hard-deletion mode (power-of-two or step buckets, packed rows, capacity), and
 the pooling baselines at matched length reduction (BP at every rate, CP at
 its fixed 1 - 1/4; ``--no_baselines`` skips them);
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
@@ -54,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--batch", type=int, default=2)
   inference.add_argument("--rates", default="0.25,0.5,0.75")
   inference.add_argument("--repeats", type=int, default=3)
+  inference.add_argument("--row_rate_spread", type=float, default=0.0,
+                         help="each row's rate drawn around the batch's (sd, seeded)")
+  inference.add_argument("--modes", default=",".join(inference_speed.MODES),
+                         help="hard-deletion modes to compare (pow2, step, packed, capacity)")
+  inference.add_argument("--seed", type=int, default=0)
   inference.add_argument("--no_baselines", action="store_true",
                          help="skip the BP and CP rows (pooling baselines)")
   inference.add_argument("--output", default=None, help="write the results as JSON here")
@@ -145,9 +153,17 @@ def _run_inference(args) -> dict:
   config = args.config
   if config == "auto":
     config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
+  if args.batch < 1 or args.repeats < 1 or not 0.0 <= args.row_rate_spread < 1.0:
+    raise SystemExit("--batch and --repeats must be at least 1, --row_rate_spread in [0, 1)")
+  modes = [m for m in args.modes.split(",") if m]
+  unknown = sorted(set(modes) - set(inference_speed.MODES))
+  if not modes or unknown:
+    raise SystemExit(f"--modes must come from {list(inference_speed.MODES)}, got {args.modes!r}")
   return inference_speed.run_inference_benchmark(config, rates, args.length, args.target_length,
-                                              args.batch, args.repeats,
-                                              baselines=not args.no_baselines)
+                                              args.batch, args.repeats, seed=args.seed,
+                                              baselines=not args.no_baselines,
+                                              row_rate_spread=args.row_rate_spread,
+                                              modes=modes)
 
 
 def _run_deletion(args) -> dict:

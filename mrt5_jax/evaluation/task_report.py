@@ -112,10 +112,15 @@ _COLUMNS = (
     ("CE hard", ("hard", "cross_entropy_per_token"), "{:.4f}"),
     ("deleted", "deletion_rate", "{:.3f}"),
     ("kept/len", None, None),
+    ("longest kept", ("speed", "longest_kept"), "{}"),
+    ("bucket", ("speed", "compacted_lengths"), lambda lengths, row: ",".join(map(str, lengths))),
+    ("stage-2 rows", ("speed", "stage_two_rows"),
+     lambda rows, row: f"{rows}/{row['speed']['batch_rows']}"),
     ("enc full ms/ex", ("speed", "encoder_full_ms_per_example"), "{:.3f}"),
     ("enc hard ms/ex", ("speed", "encoder_hard_ms_per_example"), "{:.3f}"),
     ("enc speedup", ("speed", "encoder_speedup"), "{:.2f}x"),
     ("FLOP ideal", ("speed", "encoder_ideal_speedup"), "{:.2f}x"),
+    ("exact ideal", ("speed", "exact_ideal_speedup"), "{:.2f}x"),
     ("fwd hard ms/ex", ("speed", "forward_hard_ms_per_example"), "{:.3f}"),
     ("fwd speedup", ("speed", "forward_speedup"), "{:.2f}x"),
 )
@@ -123,15 +128,16 @@ _COLUMNS = (
 
 
 
-def _cell(row: Mapping[str, Any], key, fmt: Optional[str]) -> str:
+def _cell(row: Mapping[str, Any], key, fmt) -> str:
+  """``fmt``: a format string, or a function of (value, row)."""
   if key is None:
     return f"{row['kept_length']:.1f}/{row['real_length']:.1f}"
   value: Any = row
   for part in (key,) if isinstance(key, str) else key:
-    if not isinstance(value, Mapping) or part not in value:
+    if not isinstance(value, Mapping) or part not in value or value[part] is None:
       return "-"
     value = value[part]
-  return fmt.format(value)
+  return fmt(value, row) if callable(fmt) else fmt.format(value)
 
 
 def _seqio_names(rows: Sequence[Mapping[str, Any]]) -> list[str]:

@@ -37,8 +37,11 @@ class Speed:
 
   *_full / *_hard: summed median seconds per batch; *_ratios: full / hard of
   every back-to-back pair; *_flops_*: summed matmul FLOPs of what ran;
-  compacted_lengths: the length each batch ran at after the gate (its
-  bucket); longest_kept: each batch's most kept positions in one row.
+  compacted_lengths: each batch's per-row length after the gate (its bucket;
+  packed: the unpacked length the decoder reads); longest_kept: each batch's
+  most kept positions in one row; stage_two_rows / batch_rows: the rows the
+  layers after the gate ran on (packed: fewer than the batch's) and the
+  batch's rows; encoder_flops_exact: every row at its own kept length.
   """
   examples: int = 0
   batches: int = 0
@@ -50,10 +53,13 @@ class Speed:
   forward_ratios: list = dataclasses.field(default_factory=list)
   encoder_flops_full: float = 0.0
   encoder_flops_hard: float = 0.0
+  encoder_flops_exact: float = 0.0
   forward_flops_full: float = 0.0
   forward_flops_hard: float = 0.0
   compacted_lengths: list = dataclasses.field(default_factory=list)
   longest_kept: list = dataclasses.field(default_factory=list)
+  stage_two_rows: list = dataclasses.field(default_factory=list)
+  batch_rows: list = dataclasses.field(default_factory=list)
 
   def add(self, other: "Speed") -> None:
     for field in dataclasses.fields(self):
@@ -75,6 +81,10 @@ class Speed:
         "encoder_hard_ms_per_example": self.encoder_hard * per,
         "encoder_speedup": float(np.median(self.encoder_ratios)),
         "encoder_ideal_speedup": self.encoder_flops_full / self.encoder_flops_hard,
+        "exact_ideal_speedup": (self.encoder_flops_full / self.encoder_flops_exact
+                                if self.encoder_flops_exact else None),
+        "stage_two_rows": sum(self.stage_two_rows),
+        "batch_rows": sum(self.batch_rows),
         "forward_full_ms_per_example": self.forward_full * per,
         "forward_hard_ms_per_example": self.forward_hard * per,
         "forward_speedup": float(np.median(self.forward_ratios)),

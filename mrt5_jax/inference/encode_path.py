@@ -9,8 +9,9 @@ the network (a checkpoint's ``model_config.json`` never carries it):
   that bucket, so a stream of batches costs at most one program per bucket.
 * ``packed``: stage one as in ``bucketed``; the host plans where every
   row's kept positions go (``mrt5_jax.maths.packing``), and stage two runs on
-  the kept positions of all rows packed densely into rows of the input length,
-  so its cost follows the batch's total kept count instead of its longest row.
+  the kept positions of all rows packed densely into rows of the input length
+  (or a half or quarter of it, whichever costs fewer FLOPs), so its cost
+  follows the batch's total kept count instead of its longest row.
   The packed row count is bucketed (``packed_row_buckets`` shapes per batch
   size); the output is unpacked to per-row slots (bucketed like ``bucketed``)
   for the decoder. Kinds that do not keep a subset of positions (BP, CP) run
@@ -37,6 +38,7 @@ import numpy as np
 
 from mrt5_jax.maths import packing
 from mrt5_jax.maths import rng as rng_lib
+from mrt5_jax.model.flops import layer_flops
 from mrt5_jax.model.outputs import EncoderOutput, StageOneOutput
 from mrt5_jax.model.shortening.base import deleted_positions, deletion_rate
 from mrt5_jax.parallel.partitioning import host_array
@@ -60,7 +62,7 @@ class InferenceConfig:
   bucket_step: int = 0
   min_bucket_length: int = 8
   capacity_fraction: float = 0.5
-  packed_row_buckets: int = 8
+  packed_row_buckets: int = 16
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -202,11 +204,30 @@ class EncodePath:
   def packing_plan(self, kept, input_length: int) -> packing.PackingPlan:
     """Where every row's kept positions go (``kept`` (B,) from ``read_gate``).
 
+    Packed rows are the input length L, or L/2 or L/4 where the longest row
+    fits and the layers after the gate cost fewer FLOPs that way (attention
+    runs over a whole packed row, so short rows pack better into short ones).
     Made from the kept counts of all processes, so every process makes the
     same plan; one group of rows per data-parallel shard (``num_groups``).
     """
-    return packing.make_plan(host_array(kept), input_length, self.num_groups,
-                             self.inference.packed_row_buckets)
+    kept = host_array(kept)
+    longest = int(np.max(kept)) if kept.size else 1
+    plans = [packing.make_plan(kept, row_length, self.num_groups,
+                               self.inference.packed_row_buckets)
+             for row_length in (input_length, input_length // 2, input_length // 4)
+             if row_length >= max(longest, 1)]
+    return min(plans, key=lambda plan: plan.packed_rows * layer_flops(plan.row_length,
+                                                                      self.config))
+
+  def stage_two_shape(self, kept, input_length: int, compacted_length: int,
+                      mode: Optional[str] = None) -> tuple[int, int]:
+    """(rows, length) the layers after the gate ran on for kept counts ``kept``
+    (B,) and an output of ``compacted_length`` slots: the packed rows of the
+    input length in ``packed`` mode, the batch at that length otherwise."""
+    if self.resolved_mode(mode) == "packed":
+      plan = self.packing_plan(kept, input_length)
+      return plan.packed_rows, plan.row_length
+    return len(host_array(kept)), compacted_length
 
   def finish_packed(self, params, reading: StageOneOutput, tokens, segment_ids,
                     plan: packing.PackingPlan, unpacked_length: int) -> EncoderOutput:

@@ -78,10 +78,15 @@ class InferenceRunner:
   def score(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens,
             encoder_segment_ids=None) -> jax.Array:
     """Per-token log-likelihood (B, T) of the targets; 0 at target padding."""
-    out = self.encode(encoder_input_tokens, encoder_segment_ids)
+    return self.score_from(self.encode(encoder_input_tokens, encoder_segment_ids),
+                           decoder_input_tokens, decoder_target_tokens)
+
+  def score_from(self, encoder_output: EncoderOutput, decoder_input_tokens,
+                 decoder_target_tokens) -> jax.Array:
+    """``score`` against an ``encode`` result."""
     decoder_input = _as_tokens(decoder_input_tokens, "decoder_input_tokens")
     targets = _as_tokens(decoder_target_tokens, "decoder_target_tokens")
-    return self._score(self.params, out, decoder_input, targets)
+    return self._score(self.params, encoder_output, decoder_input, targets)
 
   def generate(self, encoder_input_tokens, max_decode_length: int) -> jax.Array:
     """Greedy decoding (B, max_decode_length) int32 with the KV cache."""

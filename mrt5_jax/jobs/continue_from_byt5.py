@@ -185,8 +185,11 @@ def summary_rows(mrt5_eval: dict, byt5_eval: dict) -> list[dict[str, Any]]:
         "kept_length": hard["kept_length"], "real_length": hard["real_length"],
         "longest_kept": speed.get("longest_kept"),
         "buckets": speed.get("compacted_lengths"),
+        "stage_two_rows": speed.get("stage_two_rows"),
+        "batch_rows": speed.get("batch_rows"),
         "encoder_speedup": speed.get("encoder_speedup"),
         "encoder_ideal_speedup": speed.get("encoder_ideal_speedup"),
+        "exact_ideal_speedup": speed.get("exact_ideal_speedup"),
     })
   return rows
 
@@ -198,18 +201,22 @@ def _fmt(value, spec: str) -> str:
 def summary_table(rows: Sequence[dict[str, Any]]) -> str:
   """The rows as a markdown table (also readable in a terminal)."""
   header = ["lang", "examples", "ByT5 CE", "MrT5 CE soft", "MrT5 CE hard", "hard - ByT5",
-            "deleted", "kept/len", "longest kept / bucket", "enc speedup", "FLOP ideal"]
+            "deleted", "kept/len", "longest kept / bucket", "stage-2 rows", "enc speedup",
+            "FLOP ideal", "exact ideal"]
   lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
   for r in rows:
     gap = (None if r["byt5_cross_entropy"] is None
            else r["mrt5_hard_cross_entropy"] - r["byt5_cross_entropy"])
     buckets = "/".join(str(b) for b in r["buckets"]) if r["buckets"] else "-"
     longest = f"{_fmt(r['longest_kept'], '.0f')} / {buckets}"
+    rows_run = (f"{r['stage_two_rows']}/{r['batch_rows']}" if r.get("stage_two_rows")
+                else "-")
     cells = [r["language"], str(r["examples"]), _fmt(r["byt5_cross_entropy"], ".4f"),
              _fmt(r["mrt5_soft_cross_entropy"], ".4f"), _fmt(r["mrt5_hard_cross_entropy"], ".4f"),
              _fmt(gap, "+.4f"), _fmt(r["deletion_rate"], ".3f"),
-             f"{r['kept_length']:.1f}/{r['real_length']:.1f}", longest,
-             _fmt(r["encoder_speedup"], ".2f") + "x", _fmt(r["encoder_ideal_speedup"], ".2f") + "x"]
+             f"{r['kept_length']:.1f}/{r['real_length']:.1f}", longest, rows_run,
+             _fmt(r["encoder_speedup"], ".2f") + "x", _fmt(r["encoder_ideal_speedup"], ".2f") + "x",
+             _fmt(r.get("exact_ideal_speedup"), ".2f") + "x"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 

@@ -34,23 +34,28 @@ def keep_mask(gate: jax.Array, real: jax.Array, threshold: float,
   nothing passes keeps its real position with the highest G (the first on
   ties); a row with no real position at all keeps position 0.
   """
-  batch, length = gate.shape
+  length = gate.shape[-1]
   real = real > 0
   keep = jnp.logical_and(gate > threshold, real)
   segments = real.astype(jnp.int32) if segment_ids is None else jnp.where(real, segment_ids, 0)
-  flat_ids = (segments + jnp.arange(batch, dtype=jnp.int32)[:, None] * (length + 1)).reshape(-1)
-  num = batch * (length + 1)
-  masked_gate = jnp.where(real, gate, -jnp.inf).reshape(-1)
-  best = jax.ops.segment_max(masked_gate, flat_ids, num_segments=num)
-  has_kept = jax.ops.segment_max(keep.reshape(-1).astype(jnp.int32), flat_ids, num_segments=num)
-  position = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length)).reshape(-1)
-  is_best = jnp.logical_and(real.reshape(-1), masked_gate == best[flat_ids])
-  first_best = jax.ops.segment_min(jnp.where(is_best, position, length), flat_ids,
-                                   num_segments=num)
-  rescue = jnp.logical_and(position == first_best[flat_ids], has_kept[flat_ids] == 0)
-  rescue = jnp.logical_and(rescue, real.reshape(-1)).reshape(batch, length)
+  position = jnp.arange(length, dtype=jnp.int32)
+
+  def rescue_row(gate_row, real_row, keep_row, segment_row):
+    """The first highest-G real position of each sequence of the row that keeps nothing."""
+    masked = jnp.where(real_row, gate_row, -jnp.inf)
+    best = jax.ops.segment_max(masked, segment_row, num_segments=length + 1)
+    has_kept = jax.ops.segment_max(keep_row.astype(jnp.int32), segment_row,
+                                   num_segments=length + 1)
+    is_best = jnp.logical_and(real_row, masked == best[segment_row])
+    first_best = jax.ops.segment_min(jnp.where(is_best, position, length), segment_row,
+                                     num_segments=length + 1)
+    rescue = jnp.logical_and(position == first_best[segment_row], has_kept[segment_row] == 0)
+    return jnp.logical_and(rescue, real_row)
+
+  # per row (vmap), so a batch sharded over devices needs no communication
+  rescue = jax.vmap(rescue_row)(gate, real, keep, segments)
   no_real = ~jnp.any(real, axis=-1, keepdims=True)
-  first_position = jnp.arange(length)[None, :] == 0
+  first_position = position[None, :] == 0
   return keep | rescue | (no_real & first_position)
 
 

@@ -172,3 +172,34 @@ def gather_unpacked(values: jax.Array, slots: jax.Array, num_groups: int) -> jax
   index = index.reshape(index.shape + (1,) * (values.ndim - 2))
   out = jnp.take_along_axis(grouped, index, axis=1)
   return out.reshape((batch, length) + values.shape[2:])
+
+
+def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
+                  rows_per_group: int) -> tuple[PackingPlan, jax.Array]:
+  """``make_plan`` traced, for a packed shape fixed in advance (training).
+
+  First-fit decreasing of each group's rows into ``rows_per_group`` rows of
+  ``row_length`` slots. Returns the plan and whether every row found room
+  (a scalar bool); where one did not, the plan must not be used.
+  """
+  kept = jnp.asarray(kept, jnp.int32)
+  grouped = kept.reshape(num_groups, -1)
+
+  def group_plan(group_kept):
+    order = jnp.argsort(-group_kept, stable=True)
+
+    def place(free, row):
+      need = group_kept[row]
+      room = free >= need
+      index = jnp.argmax(room)
+      start = index * row_length + (row_length - free[index])
+      return free.at[index].add(-need * room[index]), (start, room[index])
+
+    free = jnp.full((rows_per_group,), row_length, jnp.int32)
+    _, (starts, placed) = jax.lax.scan(place, free, order)
+    return jnp.zeros_like(group_kept).at[order].set(starts), jnp.all(placed)
+
+  starts, placed = jax.vmap(group_plan)(grouped)
+  plan = PackingPlan(starts=starts.reshape(-1), kept=kept, num_groups=num_groups,
+                     rows_per_group=rows_per_group, row_length=row_length)
+  return plan, jnp.all(placed)

@@ -27,6 +27,16 @@ def encoder_flops(config: MrT5Config, length: int, kept: Optional[int] = None) -
           + (config.num_encoder_layers - gate_layer) * layer_flops(kept, config))
 
 
+def batch_encoder_flops(config: MrT5Config, batch: int, length: int, rows: int,
+                        run_length: int) -> float:
+  """Matmul FLOPs of a batch whose layers from the gate on run on ``rows`` rows
+  of ``run_length`` positions (per-row hard deletion: ``batch`` rows of the
+  bucket; packed: the packed rows of the input length)."""
+  gate = config.gate_layer
+  return (batch * gate * layer_flops(length, config)
+          + rows * (config.num_encoder_layers - gate) * layer_flops(run_length, config))
+
+
 def decoder_flops(config: MrT5Config, target_length: int, encoder_length: int) -> float:
   d, inner, ff, t = config.d_model, config.inner_dim, config.d_ff, target_length
   self_attention = 4 * t * d * inner * 2 + 2 * t * t * inner * 2

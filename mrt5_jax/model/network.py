@@ -424,20 +424,30 @@ class Transformer(nn.Module):
                encoder_segment_ids=None, decoder_segment_ids=None, encoder_positions=None,
                decoder_positions=None, *, enable_dropout: bool = True, decode: bool = False,
                deletion: str = "soft", compacted_length: Optional[int] = None,
-               return_aux: bool = False, stage_one: Optional[StageOneOutput] = None):
+               return_aux: bool = False, stage_one: Optional[StageOneOutput] = None,
+               packing_plan: Optional[packing.PackingPlan] = None):
     """Logits (B, T, V), or (logits, EncoderOutput) with ``return_aux``.
 
     ``deletion='hard'`` compacts to ``compacted_length`` (default: the input
-    length), all inside one traced program. ``stage_one``: the
+    length), all inside one traced program; with ``packing_plan`` the kept
+    positions of all rows are packed as it says (``encode_stage_two_packed``)
+    and unpacked to ``compacted_length`` slots. ``stage_one``: the
     ``encode_stage_one`` output of these inputs when it was computed already
     (the evaluator reads the gate once, then runs the rest here).
     """
     if stage_one is None:
       stage_one = self.encode_stage_one(encoder_input_tokens, encoder_segment_ids,
                                         enable_dropout)
-    out = self.encode_stage_two(stage_one, encoder_input_tokens, encoder_segment_ids,
-                                enable_dropout, deletion=deletion,
-                                compacted_length=compacted_length)
+    if packing_plan is not None:
+      if deletion != "hard":
+        raise ValueError("a packing plan needs deletion='hard'")
+      out = self.encode_stage_two_packed(
+          stage_one, encoder_input_tokens, encoder_segment_ids, packing_plan,
+          compacted_length or encoder_input_tokens.shape[1], enable_dropout)
+    else:
+      out = self.encode_stage_two(stage_one, encoder_input_tokens, encoder_segment_ids,
+                                  enable_dropout, deletion=deletion,
+                                  compacted_length=compacted_length)
     logits = self.decode(out.encoded, out.mask, decoder_input_tokens, decoder_target_tokens,
                          out.segment_ids, decoder_segment_ids, decoder_positions,
                          enable_dropout, decode, encoder_key_bias=out.key_bias)

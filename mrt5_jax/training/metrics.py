@@ -66,6 +66,7 @@ SUMS = (
     Sum("num_real"),
     Sum("num_deleted"),
     Sum("hard_deletion_batches"),    # (micro-)batches that ran with hard deletion
+    Sum("packed_hard_batches"),      # of those, the ones whose kept positions were packed
     Sum("gate_min", merge="min"),
     Sum("gate_max", merge="max"),
     Sum("kept_max", merge="max"),    # largest kept count of a row
@@ -121,6 +122,8 @@ METRICS = (
               shown=lambda objective, shortening: "boundary_loss" in shortening.optional_metrics),
     MetricDef("hard_deletion_batches", "sum", "hard_deletion_batches",
               shown=_objective_has("hard_delete_train_prob")),
+    MetricDef("packed_hard_batches", "sum", "packed_hard_batches",
+              shown=_objective_has("hard_delete_train_packed_rows")),
     MetricDef("cross_entropy_per_token", "ratio", "cross_entropy_sum", "num_target_tokens",
               t5x_name="cross_ent_loss_per_nonpadding_target_token"),
     MetricDef("accuracy", "ratio", "num_correct", "num_target_tokens", t5x_name="accuracy"),

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from mrt5_jax.maths import controller as controller_lib
+from mrt5_jax.maths import packing
 from mrt5_jax.training import metrics as metrics_lib
 from mrt5_jax.maths.gate_losses import (  # noqa: F401  (re-exported: the loss terms' maths)
     GATE_LOSSES, entropy_regularizer, gate_entropy, gate_regularizer)
@@ -65,6 +66,12 @@ class ObjectiveConfig:
     controller's regularizer delay (the gate first learns which bytes it can
     delete from soft batches), rising linearly to ``hard_delete_train_prob``
     over ``hard_delete_train_ramp`` steps (``hard_delete_probability``).
+  hard_delete_train_packed_rows: 0: hard-deletion batches compact each row
+    (above). Otherwise the share of the batch's rows that the kept positions
+    of all rows are packed into (``mrt5_jax.maths.packing``; rows of the input
+    length, planned in the step), so a hard batch costs less than a soft one;
+    a batch whose kept positions do not fit runs per-row hard deletion. The
+    two give the same loss up to float round-off.
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -77,6 +84,7 @@ class ObjectiveConfig:
   hard_delete_train_fraction: float = 1.0
   hard_delete_train_start: Optional[int] = None
   hard_delete_train_ramp: int = 0
+  hard_delete_train_packed_rows: float = 0.0
 
   def __post_init__(self):
     factor = self.loss_normalizing_factor
@@ -101,6 +109,9 @@ class ObjectiveConfig:
     start = self.hard_delete_train_start
     if start is not None and (not isinstance(start, int) or start < 0):
       raise ValueError(f"hard_delete_train_start must be None or an int >= 0, got {start!r}")
+    if not 0.0 <= self.hard_delete_train_packed_rows <= 1.0:
+      raise ValueError(f"hard_delete_train_packed_rows must be in [0, 1], got "
+                       f"{self.hard_delete_train_packed_rows}")
     if not isinstance(self.hard_delete_train_ramp, int) or self.hard_delete_train_ramp < 0:
       raise ValueError(f"hard_delete_train_ramp must be an int >= 0, got "
                        f"{self.hard_delete_train_ramp!r}")
@@ -226,7 +237,8 @@ def batch_normalizers(batch: Mapping[str, jax.Array], objective: ObjectiveConfig
 
 
 def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_scores: bool,
-             deletion: str, compacted_length: Optional[int]) -> dict:
+             deletion: str, compacted_length: Optional[int],
+             packing_plan: Optional[packing.PackingPlan] = None) -> dict:
   """The network on one batch: logits, gate values and what the loss and metrics need,
   with shapes that do not depend on ``deletion`` (so soft and hard can share a cond)."""
   outputs = module.apply(
@@ -238,7 +250,7 @@ def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_
       encoder_positions=batch.get("encoder_positions"),
       decoder_positions=batch.get("decoder_positions"),
       enable_dropout=enable_dropout, deletion=deletion, compacted_length=compacted_length,
-      return_aux=True, stage_one=stage_one,
+      return_aux=True, stage_one=stage_one, packing_plan=packing_plan,
       rngs=rngs, mutable=["intermediates"] if want_scores else False)
   if want_scores:
     (logits, aux), state = outputs
@@ -250,7 +262,8 @@ def _forward(module, params, batch, rngs, enable_dropout: bool, stage_one, want_
           "num_dropped": aux.num_dropped, "score_penalty": score_penalty,
           "boundaries": aux.boundaries,
           "compacted_length": jnp.float32(aux.compacted_length),
-          "hard": jnp.float32(deletion == "hard")}
+          "hard": jnp.float32(deletion == "hard"),
+          "packed": jnp.float32(packing_plan is not None)}
 
 
 def hard_delete_probability(objective: ObjectiveConfig, step: jax.Array,
@@ -285,13 +298,24 @@ def _hard_delete_coin(objective: ObjectiveConfig, controller: controller_lib.Con
   return jax.random.bernoulli(rngs["hard_delete"], chance)
 
 
+def _packed_rows_per_group(objective: ObjectiveConfig, module, batch,
+                           num_groups: int) -> int:
+  """Packed rows per group of a hard training batch (0: no packing)."""
+  share = objective.hard_delete_train_packed_rows
+  rows = batch["encoder_input_tokens"].shape[0]
+  if not share or not module.shortening.packs or rows % num_groups:
+    return 0
+  return max(1, math.ceil(share * rows / num_groups))
+
+
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
                  batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
                  enable_dropout: bool = True, deletion: str = "soft",
                  normalizers: Optional[Mapping[str, jax.Array]] = None,
                  num_microbatches: int = 1, compacted_length: Optional[int] = None,
-                 stage_one: Any = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 stage_one: Any = None,
+                 num_groups: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
 
   Args:
@@ -311,6 +335,9 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
     stage_one: the network's ``encode_stage_one`` output for this batch when
       it was computed already (``hard_deletion.EncodePath.read_gate``); the
       encoder prefix then does not run again.
+    num_groups: packed hard-deletion batches pack within this many groups of
+      consecutive rows (the data-parallel shards, so packing stays on each
+      device; ``ObjectiveConfig.hard_delete_train_packed_rows``).
 
   Returns:
     (loss scalar, metric sums: the keys of ``metrics.SUMS``).
@@ -322,11 +349,24 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   length = batch["encoder_input_tokens"].shape[1]
   coin = _hard_delete_coin(objective, controller, controller_state, rngs, enable_dropout,
                            deletion, module)
+  hard_length = max(1, math.ceil(objective.hard_delete_train_fraction * length))
+  rows_per_group = _packed_rows_per_group(objective, module, batch, num_groups)
   if coin is None:
     out = run(deletion, compacted_length)
-  else:
-    hard_length = max(1, math.ceil(objective.hard_delete_train_fraction * length))
+  elif not rows_per_group:
     out = jax.lax.cond(coin, lambda: run("hard", hard_length), lambda: run("soft", None))
+  else:
+    tokens, segment_ids = batch["encoder_input_tokens"], batch.get("encoder_segment_ids")
+    if stage_one is None:
+      stage_one = module.apply({"params": params}, tokens, segment_ids, enable_dropout,
+                               method=module.encode_stage_one, rngs=rngs or {})
+    kept = module.shortening.kept_counts(stage_one.gate, tokens, segment_ids)
+    plan, fits = packing.plan_in_graph(kept, length, num_groups, rows_per_group)
+    run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
+                            stage_one, objective.score_loss_coeff > 0)
+    branch = jnp.where(coin, jnp.where(fits, 2, 1), 0)
+    out = jax.lax.switch(branch, [lambda: run("soft", None), lambda: run("hard", hard_length),
+                                  lambda: run("hard", hard_length, plan)])
   logits, score_penalty = out["logits"], out["score_penalty"]
 
   weights, _ = loss_weights_and_normalizer(batch, objective.loss_normalizing_factor)
@@ -364,6 +404,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       "entropy_penalty": entropy_penalty,
       "boundary_loss": boundary_loss,
       "hard_deletion_batches": out["hard"],
+      "packed_hard_batches": out["packed"],
       "num_dropped": jnp.sum(out["num_dropped"]).astype(jnp.float32),
       "compacted_length": out["compacted_length"],
       **sums,

@@ -182,7 +182,7 @@ class Trainer:
           self.module, params, controller_state, micro, training_rngs(micro_rng),
           objective=self.objective, controller=self.controller,
           enable_dropout=self.enable_dropout, normalizers=normalizers,
-          num_microbatches=num_micro)
+          num_microbatches=num_micro, num_groups=self.partitioner.data_size)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     advance = lambda state, counts, sums: train_step.advance_controller(

@@ -96,3 +96,38 @@ def test_pooling_kinds_run_packed_as_bucketed():
   runner = InferenceRunner(cfg, params, inference=BUCKETS.replace(mode="packed"))
   assert runner.mode == "bucketed"
   assert runner.encode(enc).encoded.shape[0] == enc.shape[0]
+
+
+def test_packed_rows_shorten_when_that_costs_fewer_flops():
+  cfg, _, params = gated_model("dense")
+  path = EncodePath(InferenceRunner(cfg, params).module, BUCKETS.replace(mode="packed"))
+  # d_model 32, d_ff 64, 4 x 8 heads: a layer costs 20480 n + 128 n^2 FLOPs per row of n,
+  # so six rows of 6 run cheapest alone at length 8 (6 x 172k) than two of 32 (2 x 786k)
+  short = path.packing_plan(np.full(6, 6), 32)
+  assert (short.row_length, short.packed_rows) == (8, 6)
+  # a row of 20 fits only the full length: 20 + 4 x 3 fill one row, the last 3 another
+  long = path.packing_plan(np.array([20, 3, 3, 3, 3, 3]), 32)
+  assert (long.row_length, long.packed_rows) == (32, 2)
+  assert path.stage_two_shape(np.array([20, 3, 3, 3, 3, 3]), 32, 20) == (2, 32)
+
+
+def test_packed_equals_bucketed_on_an_8_device_mesh():
+  """tests/packing_sharding_check.py: one plan per data shard, no collective."""
+  import json
+  import os
+  import subprocess
+  import sys
+  from tests.fixtures import TESTS_DIR
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "packing_sharding_check.py")],
+                       env=env, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = json.loads(out.stdout.strip().splitlines()[-1])
+  for name, mesh in (("data8", {"data": 8, "model": 1}), ("data4", {"data": 4, "model": 2})):
+    row = report[name]
+    assert row["mesh"] == mesh
+    assert row["max_abs_difference"] < 1e-5 and row["same_kept_positions"]
+    assert row["packed_rows"] == row["rows_per_group"] * mesh["data"]
+  # rows pack within their own shard: the data-parallel program moves nothing between devices
+  assert sum(report["data8"]["collectives"].values()) == 0, report["data8"]["collectives"]

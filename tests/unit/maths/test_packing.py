@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -90,3 +91,15 @@ def test_pack_and_unpack_match_numpy(groups, with_segments):
     np.testing.assert_array_equal(np.asarray(slot_valid)[row],
                                   np.arange(unpacked_length) < len(kept_positions))
     np.testing.assert_array_equal(back[row, :len(kept_positions)], values[row, kept_positions])
+
+
+def test_plan_in_graph_matches_the_host_plan_and_reports_overflow():
+  rng = np.random.RandomState(3)
+  kept = rng.randint(1, 17, size=12)
+  host = packing.make_plan(kept, 16, num_groups=2, num_buckets=6)
+  traced, fits = jax.jit(packing.plan_in_graph, static_argnums=(1, 2, 3))(
+      jnp.asarray(kept), 16, 2, host.rows_per_group)
+  assert bool(fits)
+  np.testing.assert_array_equal(np.asarray(traced.starts), host.starts)
+  _, fits = packing.plan_in_graph(jnp.asarray(kept), 16, 2, 1)
+  assert not bool(fits)

@@ -18,19 +18,58 @@ def test_flop_model_matches_hand_count():
   assert flops.ideal_speedup(cfg, 10, 10, target_length=3) == 1.0
 
 
+def test_forced_rows_delete_their_own_rates():
+  rng = np.random.RandomState(0)
+  tokens = rng.randint(3, 259, size=(4, 40)).astype(np.int32)
+  tokens[1, 20:] = 0
+  rates = inference_speed.row_rates(0.5, 0.2, 4, seed=0)
+  assert len(set(np.round(rates, 6))) == 4
+  np.testing.assert_array_equal(inference_speed.row_rates(0.5, 0.0, 4, 0), 0.5)
+  logits = rng.randn(4, 40).astype(np.float32)
+  gate, kept = inference_speed.forced_gate(logits, tokens, rates, -30.0)
+  real = tokens > 0
+  for row in range(4):
+    kept_here = (gate[row] > -15.0) & real[row]
+    assert kept_here.sum() == kept[row] == max(1, round((1 - rates[row]) * real[row].sum()))
+    # the highest logits are the kept ones
+    assert logits[row][kept_here].min() >= logits[row][real[row] & ~kept_here].max()
+  assert not np.any((gate > -15.0) & ~real)
+
+
 def test_benchmark_runs_end_to_end_on_a_short_input(monkeypatch):
   monkeypatch.setattr(inference_speed, "CPU_BENCH_SIZE",
                       dict(d_model=32, d_ff=64, num_heads=2, head_dim=16,
                            num_encoder_layers=4, num_decoder_layers=1))
   lines = []
   result = inference_speed.run_inference_benchmark("cpu", rates=(0.5,), length=256,
-                                                target_length=16, batch=2, repeats=1,
-                                                log=lines.append)
+                                                   target_length=16, batch=8, repeats=1,
+                                                   row_rate_spread=0.1, log=lines.append)
+  assert result["default_mode"] == inference_speed.DEFAULT_MODE == "packed"
   (rate,) = result["rates"]
-  assert rate["compacted_length"] == 128
-  assert 0.5 <= rate["measured_deletion_rate"] < 0.6
-  assert np.isfinite(rate["encoder_speedup"]) and rate["encoder_ideal_speedup"] > 1
-  assert any("rate 0.50" in line for line in lines)
+  assert rate["row_rate_spread"] == 0.1 and 0.4 < rate["measured_deletion_rate"] < 0.6
+  modes = {m["mode"]: m for m in rate["modes"]}
+  assert list(modes) == list(inference_speed.MODES)
+  config = inference_speed.benchmark_config("cpu")
+  longest = rate["longest_kept"]
+  assert modes["pow2"]["compacted_length"] == (256 if longest > 128 else 128)
+  assert modes["step"]["compacted_length"] == 64 * -(-longest // 64)
+  packed = modes["packed"]
+  assert packed["stage_two_rows"] < 8 and packed["compacted_length"] == modes["step"][
+      "compacted_length"]
+  assert packed["stage_two_length"] in (256, 128) and modes["step"]["stage_two_rows"] == 8
+  # what ran, by hand: 8 rows through the 3 layers before the gate, the packed rows after it
+  by_hand = (8 * 4 * flops.layer_flops(256, config)
+             / (8 * 3 * flops.layer_flops(256, config)
+                + packed["stage_two_rows"] * flops.layer_flops(packed["stage_two_length"],
+                                                               config)))
+  assert packed["encoder_ideal_speedup"] == pytest.approx(by_hand)
+  for mode in modes.values():
+    assert mode["exact_ideal_speedup"] == packed["exact_ideal_speedup"]
+    assert mode["encoder_ideal_speedup"] <= mode["exact_ideal_speedup"] + 1e-9
+    assert np.isfinite(mode["encoder_speedup"]) and np.isfinite(mode["scoring_speedup"])
+    assert mode["programs"] >= 1
+  assert rate["encoder_speedup"] == packed["encoder_speedup"]
+  assert sum("rate 0.50" in line for line in lines) == len(modes)
   bp, cp = result["baselines"]
   assert (bp["method"], cp["method"]) == ("BP", "CP")
   # BP matched to MrT5's reduction: the fullest row keeps half its positions as

@@ -286,3 +286,50 @@ def test_hard_delete_schedule_settings_are_checked():
     obj.ObjectiveConfig(hard_delete_train_start=-1)
   with pytest.raises(ValueError, match="hard_delete_train_ramp"):
     obj.ObjectiveConfig(hard_delete_train_ramp=-5)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
+  module, variables = tiny_model
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([2.0], jnp.float32)
+  batch = {k: jnp.asarray(v) for k, v in make_batch(batch=4, seed=5,
+                                                    pad_from=(None, 12, 5, None)).items()}
+  cc = ctl.ControllerConfig(initial_alpha=0.2)
+  state = ctl.init_state(cc)
+  rng = jax.random.PRNGKey(0)
+
+  def loss_and_grads(packed_rows):
+    oc = obj.ObjectiveConfig(hard_delete_train_prob=1.0,
+                             hard_delete_train_packed_rows=packed_rows)
+    fn = lambda p: obj.compute_loss(module, p, state, batch, {"dropout": rng,
+                                                              "hard_delete": rng},
+                                    objective=oc, controller=cc, num_groups=groups)
+    return jax.value_and_grad(fn, has_aux=True)(params)
+
+  (per_row, per_row_sums), per_row_grads = loss_and_grads(0.0)
+  (packed, packed_sums), packed_grads = loss_and_grads(0.75)
+  (overflow, overflow_sums), _ = loss_and_grads(0.25)
+  kept = np.asarray(module.shortening.kept_counts(
+      module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
+                   method=module.encode_stage_one).gate, batch["encoder_input_tokens"], None))
+  from mrt5_jax.maths.packing import first_fit_decreasing
+  needed = max(first_fit_decreasing(group, 16)[1] for group in kept.reshape(groups, -1))
+  # packed rows per group: ceil(0.75 * 4 / groups) fit the batch, ceil(0.25 * 4 / groups) do not
+  assert 1 < needed <= -(-3 // groups)
+  assert float(per_row_sums["packed_hard_batches"]) == 0.0
+  assert float(packed_sums["packed_hard_batches"]) == 1.0
+  # one packed row (per group) is too few: the batch falls back to per-row hard deletion
+  assert float(overflow_sums["packed_hard_batches"]) == 0.0
+  for sums in (per_row_sums, packed_sums, overflow_sums):
+    assert float(sums["hard_deletion_batches"]) == 1.0
+  assert float(packed) == pytest.approx(float(per_row), abs=1e-5)
+  assert float(overflow) == pytest.approx(float(per_row), abs=1e-6)
+  for a, b in zip(jax.tree_util.tree_leaves(per_row_grads),
+                  jax.tree_util.tree_leaves(packed_grads)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+
+def test_packed_rows_setting_is_checked():
+  with pytest.raises(ValueError, match="hard_delete_train_packed_rows"):
+    obj.ObjectiveConfig(hard_delete_train_packed_rows=1.5)

@@ -73,7 +73,7 @@ def test_metrics_are_defined_from_sums():
           "num_deleted": 12.0, "num_real": 40.0, "gate_sum": -200.0, "gate_min": -29.0,
           "gate_max": -0.5, "num_sequences": 4.0, "kept_max": 9.0, "compacted_length": 16.0,
           "num_dropped": 3.0, "entropy_penalty": 0.0, "hard_deletion_batches": 1.0,
-          "boundary_loss": 0.0}
+          "packed_hard_batches": 1.0, "boundary_loss": 0.0}
   metrics = train_step.step_metrics({k: jnp.float32(v) for k, v in sums.items()},
                                     jnp.float32(0.25))
   values = {k: float(v) for k, v in train_step.finalize(metrics).items()}
@@ -84,7 +84,7 @@ def test_metrics_are_defined_from_sums():
   assert values["real_length"] == 10.0 and values["kept_length"] == 7.0
   assert values["kept_length_max"] == 9.0 and values["num_dropped"] == 3.0
   assert values["alpha"] == 0.25 and values["loss"] == 2.0
-  assert values["hard_deletion_batches"] == 1.0
+  assert values["hard_deletion_batches"] == 1.0 and values["packed_hard_batches"] == 1.0
   assert {m.kind for m in metrics.values()} <= set(train_step.METRIC_KINDS)
   empty = train_step.finalize(train_step.step_metrics(
       {k: jnp.float32(0.0) for k in sums}, jnp.float32(0.0)))
