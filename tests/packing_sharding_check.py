@@ -46,11 +46,12 @@ def main():
     path = EncodePath(module, buckets.replace(mode="packed"), num_groups=groups)
     with partitioner.context():
       tokens = partitioner.shard_batch({"tokens": enc})["tokens"]
-      out = path.encode(params, tokens)
       reading, kept = path.read_gate(params, tokens)
       plan = path.packing_plan(kept, enc.shape[1])
+      length = path.compacted_length(kept, enc.shape[1])
+      out = path.finish_packed(params, reading, tokens, None, plan, length)
       hlo = path._stage_two_packed.lower(params, reading, tokens, None, plan,
-                                         out.compacted_length).compile().as_text()
+                                         length).compile().as_text()
     report[f"data{groups}"] = {
         "mesh": dict(partitioner.mesh.shape),
         "packed_rows": plan.packed_rows, "rows_per_group": plan.rows_per_group,

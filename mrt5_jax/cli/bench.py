@@ -4,6 +4,9 @@
                        [--rates 0.25,0.5,0.75] [--row_rate_spread 0.1] [--repeats 3]
                        [--modes pow2,step,packed,capacity] [--no_baselines]
                        [--output results.json]
+  mrt5-bench train_step [--config cpu|small|base] [--length 512] [--batch 16] [--rate 0.5]
+                       [--packed_rows 0.75] [--recipe_hard_prob 0.5] [--repeats 5]
+                       [--output F]
   mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
                        [--batch 1] [--scan_layers] [--attention dense|blocked]
                        [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
@@ -21,8 +24,9 @@ hard-deletion mode (power-of-two or step buckets, packed rows, capacity), and
 the pooling baselines at matched length reduction (BP at every rate, CP at
 its fixed 1 - 1/4; ``--no_baselines`` skips them);
 ``--config auto`` (the default) picks ``small`` (ByT5-small) on a GPU/TPU and
-the 2-core-CPU model otherwise. ``memory``: peak memory of one train step
-(XLA's memory analysis of the compiled step, never run) per input length and
+the 2-core-CPU model otherwise. ``train_step``: the train step's time with
+soft, per-row hard and packed hard deletion batches, and the shipped
+recipe's average. ``memory``: peak memory of one train step (XLA's memory analysis of the compiled step, never run) per input length and
 remat policy. ``attention``: dense against blocked encoder attention per
 length, encoder time and peak memory side by side; ``--config auto`` picks
 ``base`` on a GPU/TPU and a narrow 4-layer model on a CPU. Memory compiles for
@@ -43,6 +47,7 @@ from mrt5_jax.cli import common
 from mrt5_jax.studies import deletion_control
 from mrt5_jax.studies import inference_speed
 from mrt5_jax.studies import memory as memory_benchmarking
+from mrt5_jax.studies import train_step_speed
 from mrt5_jax.model.config import REMAT_POLICIES, SIZES
 
 
@@ -65,6 +70,20 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--no_baselines", action="store_true",
                          help="skip the BP and CP rows (pooling baselines)")
   inference.add_argument("--output", default=None, help="write the results as JSON here")
+
+  train_step = sub.add_parser("train_step",
+                              help="train-step time: soft, per-row hard and packed hard batches")
+  train_step.add_argument("--config", default="auto", choices=["auto", "cpu", "small", "base"])
+  train_step.add_argument("--length", type=int, default=512)
+  train_step.add_argument("--target_length", type=int, default=96)
+  train_step.add_argument("--batch", type=int, default=16)
+  train_step.add_argument("--rate", type=float, default=0.5, help="deletion rate of the batch")
+  train_step.add_argument("--packed_rows", type=float, default=0.75,
+                          help="hard_delete_train_packed_rows of the packed arm")
+  train_step.add_argument("--recipe_hard_prob", type=float, default=0.5,
+                          help="the recipe's share of hard-deletion batches")
+  train_step.add_argument("--repeats", type=int, default=5)
+  train_step.add_argument("--output", default=None, help="write the results as JSON here")
 
   memory = sub.add_parser("memory", help="peak memory of one train step, with and without remat")
   memory.add_argument("--size", default="base", choices=sorted(SIZES))
@@ -166,6 +185,22 @@ def _run_inference(args) -> dict:
                                               modes=modes)
 
 
+def _run_train_step(args) -> dict:
+  if args.batch < 1 or args.repeats < 1 or args.length < 16 or args.target_length < 2:
+    raise SystemExit("--batch and --repeats must be >= 1, --length >= 16, --target_length >= 2")
+  for flag, value in (("--rate", args.rate), ("--recipe_hard_prob", args.recipe_hard_prob)):
+    if not 0.0 <= value < 1.0 and not (flag == "--recipe_hard_prob" and value == 1.0):
+      raise SystemExit(f"{flag} must lie in [0, 1), got {value}")
+  if not 0.0 < args.packed_rows <= 1.0:
+    raise SystemExit(f"--packed_rows must lie in (0, 1], got {args.packed_rows}")
+  config = args.config
+  if config == "auto":
+    config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
+  return train_step_speed.run_train_step_benchmark(
+      config, args.length, args.target_length, args.batch, args.rate, args.packed_rows,
+      args.recipe_hard_prob, args.repeats)
+
+
 def _run_deletion(args) -> dict:
   common.setup_logging()
   recipes = []
@@ -185,7 +220,7 @@ def _run_deletion(args) -> dict:
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention,
-         "deletion": _run_deletion}
+         "deletion": _run_deletion, "train_step": _run_train_step}
   try:
     result = run[args.command](args)
   except ValueError as error:

@@ -7,11 +7,14 @@ the network (a checkpoint's ``model_config.json`` never carries it):
   is one compiled program; the host reads the batch's largest kept count,
   picks the smallest bucket that holds it, and runs stage two compiled for
   that bucket, so a stream of batches costs at most one program per bucket.
+  At the input length nothing is gathered (deleted positions are masked in
+  place), so a full bucket costs what soft deletion costs.
 * ``packed``: stage one as in ``bucketed``; the host plans where every
   row's kept positions go (``mrt5_jax.maths.packing``), and stage two runs on
   the kept positions of all rows packed densely into rows of the input length
   (or a half or quarter of it, whichever costs fewer FLOPs), so its cost
-  follows the batch's total kept count instead of its longest row.
+  follows the batch's total kept count instead of its longest row; a batch
+  that packs no better than its per-row bucket runs per row (``bucketed``).
   The packed row count is bucketed (``packed_row_buckets`` shapes per batch
   size); the output is unpacked to per-row slots (bucketed like ``bucketed``)
   for the decoder. Kinds that do not keep a subset of positions (BP, CP) run
@@ -216,8 +219,19 @@ class EncodePath:
                                self.inference.packed_row_buckets)
              for row_length in (input_length, input_length // 2, input_length // 4)
              if row_length >= max(longest, 1)]
-    return min(plans, key=lambda plan: plan.packed_rows * layer_flops(plan.row_length,
-                                                                      self.config))
+    return min(plans, key=self._plan_flops)
+
+  def _plan_flops(self, plan: packing.PackingPlan) -> float:
+    return plan.packed_rows * layer_flops(plan.row_length, self.config)
+
+  def choose_packing(self, kept, input_length: int,
+                     compacted_length: int) -> Optional[packing.PackingPlan]:
+    """``packed`` mode's plan for this batch, or None where the per-row bucket
+    ``compacted_length`` costs no more (nothing packs: the rows run per row,
+    in place at the input length)."""
+    plan = self.packing_plan(kept, input_length)
+    per_row = len(host_array(kept)) * layer_flops(compacted_length, self.config)
+    return plan if self._plan_flops(plan) < per_row else None
 
   def stage_two_shape(self, kept, input_length: int, compacted_length: int,
                       mode: Optional[str] = None) -> tuple[int, int]:
@@ -225,8 +239,9 @@ class EncodePath:
     (B,) and an output of ``compacted_length`` slots: the packed rows of the
     input length in ``packed`` mode, the batch at that length otherwise."""
     if self.resolved_mode(mode) == "packed":
-      plan = self.packing_plan(kept, input_length)
-      return plan.packed_rows, plan.row_length
+      plan = self.choose_packing(kept, input_length, compacted_length)
+      if plan is not None:
+        return plan.packed_rows, plan.row_length
     return len(host_array(kept)), compacted_length
 
   def finish_packed(self, params, reading: StageOneOutput, tokens, segment_ids,
@@ -248,9 +263,9 @@ class EncodePath:
                                capacity_length(self.inference, length))
     reading, kept = self.read_gate(params, tokens, segment_ids, rng)
     unpacked_length = self.compacted_length(kept, length)
-    if mode == "packed":
-      return self.finish_packed(params, reading, tokens, segment_ids,
-                                self.packing_plan(kept, length), unpacked_length)
+    plan = self.choose_packing(kept, length, unpacked_length) if mode == "packed" else None
+    if plan is not None:
+      return self.finish_packed(params, reading, tokens, segment_ids, plan, unpacked_length)
     return self.finish(params, reading, tokens, segment_ids, deletion="hard",
                        length=unpacked_length)
 

@@ -127,9 +127,10 @@ class ForcedDeletion:
     if self.mode == "capacity":
       return self.path.finish(params, reading, self.tokens, length=self.capacity)
     length = self.path.compacted_length(self.kept, self.length)
-    if self.mode == "packed":
-      return self.path.finish_packed(params, reading, self.tokens, None,
-                                     self.path.packing_plan(self.kept, self.length), length)
+    plan = (self.path.choose_packing(self.kept, self.length, length)
+            if self.mode == "packed" else None)
+    if plan is not None:
+      return self.path.finish_packed(params, reading, self.tokens, None, plan, length)
     return self.path.finish(params, reading, self.tokens, length=length)
 
   def shape_run(self) -> tuple[int, int]:

@@ -181,11 +181,16 @@ class GateShortening(base.Shortening):
 
   def hard(self, module, hidden, reading, tokens, segment_ids, compacted_length):
     """Kept positions (G above the threshold) gathered in order into
-    ``compacted_length`` slots (default: the input length, which never overflows)."""
+    ``compacted_length`` slots. At the input length (the default) nothing is
+    gathered: every position stays in place and the deleted ones are masked,
+    which computes the same and costs no more than soft deletion."""
     gate = reading.gate
-    if compacted_length is None:
-      compacted_length = tokens.shape[1]
     keep = self.keep_mask(gate, tokens, segment_ids)
+    if compacted_length is None or compacted_length >= tokens.shape[1]:
+      in_place = base.full_length(hidden, tokens, segment_ids)
+      return in_place.replace(
+          valid=keep, key_bias=jnp.zeros(keep.shape, jnp.float32),
+          segment_ids=None if segment_ids is None else jnp.where(keep, segment_ids, 0))
     chosen = compaction.compact_indices(keep, gate, compacted_length)
     compacted_segments = None
     if segment_ids is not None:

@@ -44,8 +44,8 @@ def test_packed_equals_bucketed_encode_score_generate(variant):
   assert packed.mode == "packed"
   kept = np.asarray(bucketed.encode(enc).mask).sum(-1)
   assert kept.max() > 2 * kept.min()  # rows differ, so packing moves them around
-  plan = packed.path.packing_plan(kept, enc.shape[1])
-  assert plan.packed_rows < enc.shape[0]
+  plan = packed.path.choose_packing(kept, enc.shape[1], bucketed.encode(enc).compacted_length)
+  assert plan is not None and plan.packed_rows < enc.shape[0]
   assert_same_output(packed.encode(enc), bucketed.encode(enc))
   np.testing.assert_allclose(packed.score(enc, dec_in, tgt), bucketed.score(enc, dec_in, tgt),
                              atol=1e-5)
@@ -109,6 +109,27 @@ def test_packed_rows_shorten_when_that_costs_fewer_flops():
   long = path.packing_plan(np.array([20, 3, 3, 3, 3, 3]), 32)
   assert (long.row_length, long.packed_rows) == (32, 2)
   assert path.stage_two_shape(np.array([20, 3, 3, 3, 3, 3]), 32, 20) == (2, 32)
+  # rows that pack no better than their per-row bucket run per row
+  assert path.choose_packing(np.array([20, 18, 17, 19]), 32, 20) is None
+  assert path.stage_two_shape(np.array([20, 18, 17, 19]), 32, 20) == (4, 20)
+
+
+def test_hard_deletion_at_the_input_length_masks_in_place():
+  """Nothing gathered at the full bucket: deleted positions masked where they are."""
+  cfg, (enc, dec_in, tgt), params = gated_model("dense")
+  runner = InferenceRunner(cfg, params, inference=BUCKETS)
+  compacted = runner.encode(enc)
+  reading, _ = runner.path.read_gate(params, jnp.asarray(enc))
+  in_place = runner.path.finish(params, reading, jnp.asarray(enc), length=enc.shape[1])
+  keep = np.asarray(in_place.mask) > 0
+  np.testing.assert_array_equal(keep.sum(-1), np.asarray(compacted.mask).sum(-1))
+  for row in range(enc.shape[0]):
+    kept = np.flatnonzero(keep[row])
+    np.testing.assert_array_equal(kept, np.asarray(compacted.kept_positions)[row, :len(kept)])
+    np.testing.assert_allclose(np.asarray(in_place.encoded)[row, kept],
+                               np.asarray(compacted.encoded)[row, :len(kept)], atol=1e-5)
+  np.testing.assert_allclose(runner.score_from(in_place, dec_in, tgt),
+                             runner.score_from(compacted, dec_in, tgt), atol=1e-5)
 
 
 def test_packed_equals_bucketed_on_an_8_device_mesh():

@@ -148,3 +148,24 @@ def test_bench_cli_validates_its_flags():
     bench.main(["memory", "--policies", "none,some"])
   with pytest.raises(SystemExit, match="--lengths"):
     bench.main(["attention", "--lengths", "1024,x"])
+
+
+def test_train_step_benchmark_times_three_arms(monkeypatch):
+  from mrt5_jax.studies import train_step_speed
+  monkeypatch.setattr(inference_speed, "CPU_BENCH_SIZE",
+                      dict(d_model=32, d_ff=64, num_heads=2, head_dim=16,
+                           num_encoder_layers=4, num_decoder_layers=1))
+  lines = []
+  result = train_step_speed.run_train_step_benchmark(
+      "cpu", length=64, target_length=8, batch=8, rate=0.6, packed_rows=0.75, repeats=1,
+      log=lines.append)
+  arms = {row["arm"]: row for row in result["arms"]}
+  assert list(arms) == list(train_step_speed.ARMS)
+  assert (arms["soft"]["hard_batches"], arms["hard"]["hard_batches"]) == (0.0, 1.0)
+  assert (arms["hard"]["packed_batches"], arms["packed"]["packed_batches"]) == (0.0, 1.0)
+  for row in arms.values():
+    assert abs(row["deletion_rate"] - 0.6) < 0.05 and row["step_seconds"] > 0
+  assert arms["soft"]["vs_soft"] == 1.0
+  assert result["recipe_vs_soft"]["recipe_packed"] == pytest.approx(
+      0.5 + 0.5 * arms["packed"]["vs_soft"])
+  assert any(line.startswith("recipe") for line in lines)
