@@ -61,7 +61,7 @@ class InferenceConfig:
   packed_row_buckets: ``packed`` mode's packed row counts per batch size: the
     count is rounded up to a multiple of ceil(rows / packed_row_buckets).
   """
-  mode: str = "bucketed"
+  mode: str = "packed"
   bucket_step: int = 0
   min_bucket_length: int = 8
   capacity_fraction: float = 0.5
