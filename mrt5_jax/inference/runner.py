@@ -2,9 +2,11 @@
 
 ``InferenceRunner`` wraps ``encode_path.EncodePath`` (the one stage one ->
 bucket -> stage two path) with scoring and greedy decoding. Modes are those of
-``encode_path.InferenceConfig``: ``bucketed`` (two compiled stages, the
-host picks the bucket), ``capacity`` (one program, fixed compacted length) and
-``soft`` (no compaction, the training-time computation).
+``encode_path.InferenceConfig``: ``packed`` (the default: two compiled
+stages, the host packs every row's kept positions into fewer rows),
+``bucketed`` (two stages, every row at the bucket of the longest),
+``capacity`` (one program, fixed compacted length) and ``soft`` (no
+compaction, the training-time computation).
 """
 from __future__ import annotations
 
