@@ -125,13 +125,13 @@ def test_rows_per_language_match_independent_scoring(tiny_model):
     assert bucket == runner.encode(first).compacted_length
     # the speed meter runs the default (packed) mode: its stage two ran on `rows` rows of `run`
     kept = path.read_gate(params, first)[1]
-    rows, run = path.stage_two_shape(kept, INPUTS, bucket)
-    assert speed["stage_two_rows"] == rows and speed["batch_rows"] == len(first)
+    stage_rows, run = path.stage_two_shape(kept, INPUTS, bucket)
+    assert speed["stage_two_rows"] == stage_rows and speed["batch_rows"] == len(first)
     full = _hand_encoder_flops(module.config, INPUTS, INPUTS)
     stage_one = _hand_encoder_flops(module.config, INPUTS, 0)
     stage_two = lambda n: _hand_encoder_flops(module.config, 0, n)
     assert speed["encoder_ideal_speedup"] == pytest.approx(
-        len(first) * full / (len(first) * stage_one + rows * stage_two(run)))
+        len(first) * full / (len(first) * stage_one + stage_rows * stage_two(run)))
     kept_rows = np.asarray(kept)
     assert speed["exact_ideal_speedup"] == pytest.approx(
         len(first) * full / sum(_hand_encoder_flops(module.config, INPUTS, int(k))
