@@ -1,7 +1,22 @@
 """pytest fixtures built from tests/fixtures.py (the one place for shared test pieces)."""
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _share_compilations_within_the_run():
+  """One XLA compilation cache per test run, shared by the xdist workers and the subprocesses
+  they start (the variables are inherited): the many tiny trainers compile the same programs."""
+  run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID") or str(os.getpid())
+  cache_dir = os.path.join(tempfile.gettempdir(), f"mrt5_jax_test_xla_cache_{run_id}")
+  os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", cache_dir)
+  os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+  return cache_dir
+
+
+_XLA_CACHE_DIR = _share_compilations_within_the_run()
 
 import jax
 import pytest
@@ -30,3 +45,8 @@ def tiny_model(tiny_config):
   module = network.Transformer(tiny_config)
   variables = module.init(jax.random.PRNGKey(0), *as_tuple(small_batch()), enable_dropout=False)
   return module, variables
+
+
+def pytest_sessionfinish(session):
+  if not hasattr(session.config, "workerinput"):  # the controller, after every worker is done
+    shutil.rmtree(_XLA_CACHE_DIR, ignore_errors=True)

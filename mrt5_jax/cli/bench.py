@@ -17,6 +17,10 @@
                        [--recipes shipped,published,previous_demo] [--targets 0.3,0.5]
                        [--steps 1500] [--work_dir /tmp/mrt5_deletion] [--output rows.json]
                        [--gin BINDING ...]
+  mrt5-bench shortening [--targets 0.5] [--seeds 0,1] [--pretrain_steps 800]
+                       [--continue_steps 400] [--byt5_checkpoint DIR] [--cp_rate 4]
+                       [--run_file runs/byt5_to_mrt5.gin] [--work_dir /tmp/mrt5_shortening]
+                       [--output F.json] [--gin BINDING ...]
 
 ``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates (each
 row its own around the batch's with ``--row_rate_spread``), in each
@@ -34,6 +38,10 @@ length, encoder time and peak memory side by side; ``--config auto`` picks
 libtpu without a TPU); ``auto`` takes a TPU chip on a CPU host with libtpu
 installed, else the host. ``deletion``: trains each recipe on each task and
 reports eval deletion, soft and hard cross entropy (docs/deletion_control.md).
+``shortening``: the paper's comparison: ByT5, MrT5, random and fixed deletion,
+BP and CP continued from one ByT5 at matched reduction (the targets and CP's
+1 - 1/cp_rate), per seed and language; a table, the paired differences and a
+plot of CE against reduction (PNG beside the JSON; docs/baselines.md).
 """
 from __future__ import annotations
 
@@ -44,9 +52,13 @@ import sys
 import jax
 
 from mrt5_jax.cli import common
+from mrt5_jax.jobs import evaluate as evaluate_job
+from mrt5_jax.jobs import stages
+from mrt5_jax.jobs import train as train_job
 from mrt5_jax.studies import deletion_control
 from mrt5_jax.studies import inference_speed
 from mrt5_jax.studies import memory as memory_benchmarking
+from mrt5_jax.studies import shortening_comparison
 from mrt5_jax.studies import train_step_speed
 from mrt5_jax.model.config import REMAT_POLICIES, SIZES
 
@@ -120,6 +132,26 @@ def _parser() -> argparse.ArgumentParser:
   deletion.add_argument("--gin", action="append", default=[],
                         help="an extra gin binding for every run (repeatable)")
   deletion.add_argument("--output", default=None, help="write the rows as JSON here")
+
+  shortening = sub.add_parser(
+      "shortening", help="ByT5, MrT5, random, fixed, BP, CP continued from one ByT5, compared")
+  shortening.add_argument("--targets", default="0.5",
+                          help="reduction targets (CP's 1 - 1/cp_rate is always added)")
+  shortening.add_argument("--seeds", default="0,1", help="init and data-order seeds")
+  shortening.add_argument("--pretrain_steps", type=int, default=800,
+                          help="steps of the ByT5 every architecture continues")
+  shortening.add_argument("--continue_steps", type=int, default=400)
+  shortening.add_argument("--byt5_checkpoint", default=None,
+                          help="continue this gate-less model instead of training one")
+  shortening.add_argument("--cp_rate", type=int, default=4)
+  shortening.add_argument("--speed_repeats", type=int, default=3)
+  shortening.add_argument("--run_file", default=shortening_comparison.DEFAULT_RUN_FILE,
+                          help="model size, data, optimizer and deletion control of every run")
+  shortening.add_argument("--work_dir", default="/tmp/mrt5_shortening")
+  shortening.add_argument("--gin", action="append", default=[],
+                          help="an extra gin binding for every run (repeatable)")
+  shortening.add_argument("--output", default=None,
+                          help="the JSON (default WORK_DIR/comparison.json; the plot beside it)")
   return parser
 
 
@@ -217,15 +249,42 @@ def _run_deletion(args) -> dict:
   return {"rows": [dataclasses.asdict(row) for row in rows]}
 
 
+def _run_shortening(args) -> dict:
+  common.setup_logging()
+  try:
+    targets = [float(t) for t in args.targets.split(",") if t]
+  except ValueError:
+    raise SystemExit(f"--targets must be comma-separated numbers, got {args.targets!r}") from None
+  output = args.output or f"{args.work_dir.rstrip('/')}/comparison.json"
+  jobs = stages.Jobs(train=train_job.train, evaluate=evaluate_job.evaluate)
+  result = shortening_comparison.run_comparison(
+      jobs, work_dir=args.work_dir, targets=targets, seeds=_ints(args.seeds, "--seeds", 0),
+      pretrain_steps=args.pretrain_steps, continue_steps=args.continue_steps,
+      byt5_checkpoint=args.byt5_checkpoint, run_file=args.run_file, cp_rate=args.cp_rate,
+      speed_repeats=args.speed_repeats, extra_bindings=args.gin, output=output)
+  if result["interrupted"]:
+    print(f"stage {result['interrupted']} was interrupted after a checkpoint; run the same "
+          "command again to resume it", flush=True)
+    raise SystemExit(130)
+  print(result["table"])
+  print()
+  print(result["language_table"])
+  print()
+  print("\n".join(shortening_comparison.difference_lines(result["differences"])))
+  print(f"wrote {output} and {result['plot_path']} ({result['wall_seconds']:.0f} s)")
+  return {}
+
+
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention,
-         "deletion": _run_deletion, "train_step": _run_train_step}
+         "deletion": _run_deletion, "train_step": _run_train_step,
+         "shortening": _run_shortening}
   try:
     result = run[args.command](args)
   except ValueError as error:
     raise SystemExit(f"mrt5-bench: error: {error}") from None
-  if args.output:
+  if args.output and args.command != "shortening":
     inference_speed.write_json(result, args.output)
     print(f"wrote {args.output}")
   return 0

@@ -22,58 +22,15 @@ prints the summary again.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import json
-import logging
 import os
-import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import gin
 
-from mrt5_jax.jobs import gin_files
-
-logger = logging.getLogger("mrt5_jax")
-
-NO_GATE = "MrT5Config.deletion_type = 'none'"
-
-
-@dataclasses.dataclass(frozen=True)
-class Jobs:
-  """The jobs the stages run, each called with its gin bindings (``mrt5_jax.jobs.train.train``,
-  ``.evaluate.evaluate``, ``.inspect.inspect_deletion``; the command line passes them)."""
-  train: Callable[[], Any]
-  evaluate: Callable[[], dict]
-  inspect_deletion: Callable[[], dict]
-
-
-@dataclasses.dataclass(frozen=True)
-class Stage:
-  name: str
-  title: str
-  bindings: tuple[str, ...]
-  kind: str  # 'train', 'evaluate' or 'inspect'
-
-
-def run_stage(jobs: Jobs, kind: str) -> dict:
-  """Run the job of a stage; what of its result the stage's record keeps (JSON)."""
-  if kind == "train":
-    result = jobs.train()
-    metrics = result.metrics or {}
-    return {"model_dir": result.model_dir, "checkpoint_dir": result.checkpoint_dir,
-            "step": result.step, "interrupted": result.interrupted,
-            "train_cross_entropy": metrics.get("cross_entropy_per_token"),
-            "train_deletion_rate": metrics.get("deletion_rate"), "alpha": metrics.get("alpha")}
-  if kind == "evaluate":
-    results = jobs.evaluate()
-    keep = ("step", "checkpoint", "mixture_or_task_name", "split", "deletion_type", "soft",
-            "hard", "examples", "speed", "tasks", "report_path")
-    return {key: results[key] for key in keep if key in results}
-  if kind == "inspect":
-    result = jobs.inspect_deletion()
-    return {"html_path": result["html_path"], "checkpoint": result["checkpoint"]}
-  raise ValueError(f"unknown stage kind {kind!r}")
+from mrt5_jax.jobs import stages as stages_lib
+from mrt5_jax.jobs.stages import NO_SHORTENING as NO_GATE
+from mrt5_jax.jobs.stages import Jobs, Stage
 
 
 def stages(work_dir: str, byt5_checkpoint: Optional[str], pretrain_steps: int,
@@ -110,54 +67,6 @@ def stages(work_dir: str, byt5_checkpoint: Optional[str], pretrain_steps: int,
              f"'{os.path.join(work_dir, 'deletion.html')}'"), "inspect"),
   ]
   return out
-
-
-def _settings(job_name: str) -> list[str]:
-  """The parsed configuration without this job's own bindings (one line per binding)."""
-  lines = []
-  for line in gin.config_str().splitlines():
-    if line.startswith(job_name + ".") or not line.strip() or line.startswith("#"):
-      continue
-    lines.append(line.rstrip())
-  return lines
-
-
-def _record_path(work_dir: str, stage: str, state: str = "finished") -> str:
-  suffix = "" if state == "finished" else f".{state}"
-  return os.path.join(work_dir, "stages", f"{stage}{suffix}.json")
-
-
-def _finished(work_dir: str, stage: Stage, settings: list[str],
-              state: str = "finished") -> Optional[dict]:
-  """The stage's record when it finished (or ``state``: started) with these settings;
-  an error when with others."""
-  path = _record_path(work_dir, stage.name, state)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    record = json.load(f)
-  if record.get("settings") != settings:
-    changes = [line for line in difflib.unified_diff(record.get("settings", []), settings,
-                                                     lineterm="", n=0)
-               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
-    shown = "; ".join(changes[:6]) + (" ..." if len(changes) > 6 else "")
-    reuse = os.path.join(work_dir, "byt5")
-    hint = (f" (to continue the ByT5 trained there: --gin.continue_from_byt5.byt5_checkpoint="
-            f"{reuse})" if os.path.exists(_record_path(work_dir, "byt5")) else "")
-    raise ValueError(
-        f"stage {stage.name!r} in {work_dir} {state} with other settings ({shown}); "
-        f"use another WORK_DIR{hint}")
-  return record
-
-
-def _write_record(work_dir: str, stage: Stage, settings: list[str], result: dict,
-                  wall: float, state: str = "finished") -> None:
-  path = _record_path(work_dir, stage.name, state)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump({"stage": stage.name, "title": stage.title, "settings": settings,
-               "wall_seconds": wall, "result": result}, f, indent=2, sort_keys=True)
-  os.replace(path + ".tmp", path)
 
 
 # ----------------------------------------------------------------------------- summary
@@ -277,31 +186,18 @@ def continue_from_byt5(jobs: Jobs, *, work_dir: str = gin.REQUIRED,
     target = None
   work_dir = os.path.abspath(work_dir)
   plan = stages(work_dir, byt5_checkpoint, pretrain_steps, continue_steps)
-  records: dict[str, dict] = {}
-  job_start = time.time()
-  for index, stage in enumerate(plan, 1):
-    gin.clear_config()
-    gin_files.parse(gin_file_names, [*gin_bindings, *stage.bindings], extra_paths)
-    settings = _settings("continue_from_byt5")
-    header = f"[stage {index}/{len(plan)}] {stage.name}: {stage.title}"
-    record = _finished(work_dir, stage, settings)
-    if record is not None:
-      logger.info("%s: finished before (%.0f s), skipped", header, record["wall_seconds"])
-    else:
-      logger.info("%s", header)
-      if _finished(work_dir, stage, settings, "started") is None:
-        _write_record(work_dir, stage, settings, {}, 0.0, "started")
-      start = time.time()
-      result = run_stage(jobs, stage.kind)
-      if result.get("interrupted"):
-        gin.clear_config()
-        return {"records": records, "interrupted": stage.name}
-      _write_record(work_dir, stage, settings, result, time.time() - start)
-      record = _finished(work_dir, stage, settings)
-      logger.info("[stage %d/%d] %s done in %.0f s (job %.0f s so far)", index, len(plan),
-                  stage.name, record["wall_seconds"], time.time() - job_start)
-    records[stage.name] = record
-  gin.clear_config()
+
+  def hint():
+    reuse = os.path.join(work_dir, "byt5")
+    return (f" (to continue the ByT5 trained there: --gin.continue_from_byt5.byt5_checkpoint="
+            f"{reuse})" if os.path.exists(stages_lib.record_path(work_dir, "byt5")) else "")
+
+  ran = stages_lib.run_stages(jobs, plan, work_dir=work_dir, job_name="continue_from_byt5",
+                              gin_file_names=gin_file_names, gin_bindings=gin_bindings,
+                              extra_paths=extra_paths, hint=hint)
+  records = ran.records
+  if ran.interrupted:
+    return {"records": records, "interrupted": ran.interrupted}
   text = summary_text(work_dir, records, target)
   rows = summary_rows(records["eval_mrt5"]["result"], records["eval_byt5_continued"]["result"])
   with open(os.path.join(work_dir, "summary.md"), "w", encoding="utf-8") as f:

@@ -26,17 +26,22 @@ from mrt5_jax.training import train_step
 from mrt5_jax.maths import trees
 from mrt5_jax.model.config import MrT5Config
 from mrt5_jax.model.network import Transformer
+from mrt5_jax.model.shortening import registry
 
 logger = logging.getLogger("mrt5_jax")
 
-GATE_PATH = ("encoder", "delete_gate")
+# Where each shortening keeps its own parameters (the delete gate, BP's boundary
+# predictor, CP's convolution): fresh when a model continues a ByT5.
+SHORTENING_PATHS = frozenset(("encoder", cls.module_name)
+                             for cls in registry.SHORTENINGS.values() if cls.module_name)
 
 
 def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> tuple[Any, list]:
   """Parameters of ``fresh`` replaced by ``loaded`` wherever the path exists there.
 
-  The delete gate keeps its fresh initialisation when ``reinit_gate`` or when
-  the loaded tree has none (continued pre-training from ByT5). Any other
+  The shortening's own module (the delete gate, BP's boundary predictor, CP's
+  convolution) keeps its fresh initialisation when ``reinit_gate`` or when the
+  loaded tree has no such parameter (continued pre-training from ByT5). Any other
   parameter missing from ``loaded``, or of another shape, is an error.
   ``loaded`` may be scanned or not; it is brought into ``fresh``'s layout.
   Returns (params, the paths kept fresh).
@@ -45,7 +50,7 @@ def merge_init_params(fresh: Any, loaded: Any, *, reinit_gate: bool = True) -> t
   kept_fresh, problems = [], []
 
   def pick(key, leaf):
-    is_gate = key[:2] == GATE_PATH
+    is_gate = key[:2] in SHORTENING_PATHS
     if is_gate and (reinit_gate or key not in loaded_flat):
       kept_fresh.append("/".join(key))
       return leaf

@@ -57,8 +57,9 @@ def test_controller_reaches_target_in_real_training(tmp_path, seed):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="issue 21: no measured recipe meets the vowel bounds on "
-                   "every CPU (docs/deletion_control.md)")
+@pytest.mark.xfail(run=False, reason="issue 21: no measured recipe meets the vowel bounds on "
+                   "every CPU (docs/deletion_control.md); not run, since its outcome (4.5 minutes "
+                   "of CI) tells nothing while it is expected to fail")
 def test_gate_learns_to_delete_vowels(tmp_path):
   """>= 80% of all deleted positions ('#' prefix and EOS included) are vowels."""
   config = config_lib.preset("tiny")
