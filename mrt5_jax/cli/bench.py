@@ -21,6 +21,10 @@
                        [--continue_steps 400] [--byt5_checkpoint DIR] [--cp_rate 4]
                        [--run_file runs/byt5_to_mrt5.gin] [--work_dir /tmp/mrt5_shortening]
                        [--output F.json] [--gin BINDING ...]
+  mrt5-bench compile   [--target tpu|host] [--topology v4:2x2x2] [--size small]
+                       [--length 1024] [--batch 1024] [--partitions 1,2] [--microbatches 1,4]
+                       [--remat none,full] [--attention dense] [--scan_layers]
+                       [--optimizer adafactor] [--search] [--output F]
 
 ``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates (each
 row its own around the batch's with ``--row_rate_spread``), in each
@@ -42,6 +46,13 @@ reports eval deletion, soft and hard cross entropy (docs/deletion_control.md).
 BP and CP continued from one ByT5 at matched reduction (the targets and CP's
 1 - 1/cp_rate), per seed and language; a table, the paired differences and a
 plot of CE against reduction (PNG beside the JSON; docs/baselines.md).
+``compile``: the real sharded train step (shipped deletion control, hard
+batches included) compiled, never run, for every chip of a TPU slice (libtpu)
+or this host's devices, over partitionings x micro-batches x remat x
+attention: peak memory per chip and whether it fits, FLOPs and collective
+bytes from the compiled HLO against a hand count, a roofline step time and
+MFU; ``--search`` stops each family at its first fitting micro-batch count
+(docs/memory_and_long_inputs.md).
 """
 from __future__ import annotations
 
@@ -58,6 +69,7 @@ from mrt5_jax.jobs import train as train_job
 from mrt5_jax.studies import deletion_control
 from mrt5_jax.studies import inference_speed
 from mrt5_jax.studies import memory as memory_benchmarking
+from mrt5_jax.studies import pod_compile
 from mrt5_jax.studies import shortening_comparison
 from mrt5_jax.studies import train_step_speed
 from mrt5_jax.model.config import REMAT_POLICIES, SIZES
@@ -152,6 +164,27 @@ def _parser() -> argparse.ArgumentParser:
                           help="an extra gin binding for every run (repeatable)")
   shortening.add_argument("--output", default=None,
                           help="the JSON (default WORK_DIR/comparison.json; the plot beside it)")
+
+  compile_ = sub.add_parser("compile", help="the sharded train step compiled for a TPU slice")
+  compile_.add_argument("--target", default="tpu", choices=["tpu", "host"])
+  compile_.add_argument("--topology", default="v4:2x2x2",
+                        help="TPU slice, e.g. v4:2x2x2 (8 chips), v5e:4x4 (16 chips)")
+  compile_.add_argument("--size", default="small", choices=sorted(SIZES))
+  compile_.add_argument("--length", type=int, default=1024, help="input bytes per example")
+  compile_.add_argument("--target_length", type=int, default=None,
+                        help="target bytes (default: 189 per 1024 input bytes)")
+  compile_.add_argument("--batch", type=int, default=1024, help="global batch (examples)")
+  compile_.add_argument("--partitions", default="1", help="model-axis sizes to try")
+  compile_.add_argument("--microbatches", default="1,2,4,8,16")
+  compile_.add_argument("--remat", default="none,full",
+                        help=f"comma-separated remat policies from {REMAT_POLICIES}")
+  compile_.add_argument("--attention", default="dense", help="dense,blocked")
+  compile_.add_argument("--scan_layers", action="store_true")
+  compile_.add_argument("--optimizer", default="adafactor", choices=["adafactor", "adamw"])
+  compile_.add_argument("--target_deletion_rate", type=float, default=0.5)
+  compile_.add_argument("--search", action="store_true",
+                        help="per family, micro-batch counts only until one fits")
+  compile_.add_argument("--output", default=None, help="write the rows as JSON here")
   return parser
 
 
@@ -249,6 +282,26 @@ def _run_deletion(args) -> dict:
   return {"rows": [dataclasses.asdict(row) for row in rows]}
 
 
+def _run_compile(args) -> dict:
+  policies = [p for p in args.remat.split(",") if p]
+  attention = [a for a in args.attention.split(",") if a]
+  if not policies or set(policies) - set(REMAT_POLICIES):
+    raise SystemExit(f"--remat must come from {REMAT_POLICIES}, got {args.remat!r}")
+  if not attention or set(attention) - {"dense", "blocked"}:
+    raise SystemExit(f"--attention must come from dense,blocked, got {args.attention!r}")
+  if args.length < 16 or args.batch < 1:
+    raise SystemExit("--length must be >= 16 and --batch >= 1")
+  target_length = args.target_length or memory_benchmarking.target_length_for(args.length)
+  settings = pod_compile.grid(
+      args.size, args.length, target_length, args.batch,
+      partitions=_ints(args.partitions, "--partitions"),
+      microbatches=_ints(args.microbatches, "--microbatches"), remat_policies=policies,
+      attention=attention, scan_layers=args.scan_layers, optimizer=args.optimizer)
+  return pod_compile.run_compile_benchmark(settings, target=args.target, topology=args.topology,
+                                           search=args.search,
+                                           target_deletion_rate=args.target_deletion_rate)
+
+
 def _run_shortening(args) -> dict:
   common.setup_logging()
   try:
@@ -279,7 +332,7 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   run = {"inference": _run_inference, "memory": _run_memory, "attention": _run_attention,
          "deletion": _run_deletion, "train_step": _run_train_step,
-         "shortening": _run_shortening}
+         "shortening": _run_shortening, "compile": _run_compile}
   try:
     result = run[args.command](args)
   except ValueError as error:

@@ -130,8 +130,8 @@ def _bytes(number: str, unit: str) -> int:
   return int(float(number) * _UNITS[unit])
 
 
-def memory_stats(lowered) -> MemoryStats:
-  """Compile a lowered jax program and read its memory analysis."""
+def compile_with_memory(lowered) -> tuple[Any, MemoryStats]:
+  """(the compiled program, or None when it does not fit the device; its memory analysis)."""
   try:
     compiled = lowered.compile()
   except Exception as error:  # XLA's out-of-memory is a JaxRuntimeError / XlaRuntimeError
@@ -141,17 +141,23 @@ def memory_stats(lowered) -> MemoryStats:
     for pattern in _OUT_OF_MEMORY:
       used = pattern.search(message)
       if used is not None:
-        return MemoryStats(fits=False, needed_bytes=_bytes(*used.group(1, 2)),
-                           capacity_bytes=_bytes(*used.group(3, 4)))
-    return MemoryStats(fits=False)
+        return None, MemoryStats(fits=False, needed_bytes=_bytes(*used.group(1, 2)),
+                                 capacity_bytes=_bytes(*used.group(3, 4)))
+    return None, MemoryStats(fits=False)
   analysis = compiled.memory_analysis()
   if analysis is None:
     raise RuntimeError("XLA gives no memory analysis for this platform")
-  return MemoryStats(int(analysis.argument_size_in_bytes), int(analysis.output_size_in_bytes),
-                     int(analysis.alias_size_in_bytes), int(analysis.temp_size_in_bytes))
+  return compiled, MemoryStats(int(analysis.argument_size_in_bytes),
+                               int(analysis.output_size_in_bytes),
+                               int(analysis.alias_size_in_bytes), int(analysis.temp_size_in_bytes))
 
 
-def _batch_shapes(batch: int, input_length: int, target_length: int) -> dict:
+def memory_stats(lowered) -> MemoryStats:
+  """Compile a lowered jax program and read its memory analysis."""
+  return compile_with_memory(lowered)[1]
+
+
+def batch_shapes(batch: int, input_length: int, target_length: int) -> dict:
   enc = jax.ShapeDtypeStruct((batch, input_length), jnp.int32)
   dec = jax.ShapeDtypeStruct((batch, target_length), jnp.int32)
   return {"encoder_input_tokens": enc, "decoder_input_tokens": dec,
@@ -167,7 +173,7 @@ def train_step_memory(config: MrT5Config, batch: int, input_length: int, target_
   step = trainer.compiled_step(input_length, target_length)
   start = time.perf_counter()
   lowered = step.lower(trainer.abstract_state(input_length, target_length),
-                       _batch_shapes(batch, input_length, target_length))
+                       batch_shapes(batch, input_length, target_length))
   stats = memory_stats(lowered)
   return stats, time.perf_counter() - start
 

@@ -1,0 +1,212 @@
+"""Matmul FLOPs and collective bytes of a compiled XLA program, read from its HLO text.
+
+XLA's own cost analysis (``compiled.cost_analysis()``) counts the body of a
+``while`` loop once, whatever its trip count, so the train step with
+micro-batches (a ``lax.scan``) or with scanned layers looks several times
+cheaper than it is. This reads ``compiled.as_text()`` instead and walks the
+call graph from the entry computation: a fusion or call counts its callee
+once, a ``while`` counts its body ``known_trip_count`` times (XLA records it
+in the op's backend config), a ``conditional`` counts its most expensive
+branch (one runs per step).
+
+Counted: ``dot`` ops (2 x result elements x contracted size: the matmuls,
+which are all but a few percent of a transformer's FLOPs), ``convolution``
+ops (XLA:TPU's form of a matmul: 2 x output elements x input features x the
+window taps that meet real input) and the results of
+the collective ops (``all-reduce``, ``all-gather``, ``reduce-scatter``,
+``all-to-all``, ``collective-permute``, sync or async start), in bytes per
+device.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+from typing import Optional
+
+DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
+               "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
+               "c64": 8, "c128": 16}
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+
+_HEADER = re.compile(r"^(?:ENTRY\s+)?%([\w.\-]+)\s*\(.*\)\s*->\s*.*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.*?)\s+([\w\-]+)\((.*)$")
+_ARRAY = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CALLEE_KEYS = re.compile(r"\b(calls|body|to_apply|true_computation|false_computation)=%([\w.\-]+)")
+_BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
+_WINDOW = re.compile(r"window=\{([^}]*)\}")
+_DIM_LABELS = re.compile(r"dim_labels=([0-9a-z_]+->[0-9a-z]+)")
+_CONTRACTING = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
+
+
+def _arrays(type_text: str) -> list[tuple[str, tuple[int, ...]]]:
+  """(dtype, dims) of every array in an HLO type (a tuple type has several)."""
+  return [(dtype, tuple(int(d) for d in dims.split(",") if d))
+          for dtype, dims in _ARRAY.findall(type_text) if dtype in DTYPE_BYTES]
+
+
+def _bytes(type_text: str) -> int:
+  return sum(DTYPE_BYTES[dtype] * math.prod(dims) for dtype, dims in _arrays(type_text))
+
+
+@dataclasses.dataclass
+class _Instruction:
+  name: str
+  type_text: str
+  op: str
+  rest: str
+
+
+@dataclasses.dataclass
+class _Computation:
+  name: str
+  instructions: list
+  is_entry: bool = False
+
+
+def parse(hlo_text: str) -> dict[str, _Computation]:
+  """Computations of an HLO module's text, by name."""
+  computations: dict[str, _Computation] = {}
+  current: Optional[_Computation] = None
+  for line in hlo_text.splitlines():
+    header = _HEADER.match(line)
+    if header:
+      current = _Computation(header.group(1), [], line.startswith("ENTRY"))
+      computations[current.name] = current
+      continue
+    if current is None:
+      continue
+    if line.strip() == "}":
+      current = None
+      continue
+    instruction = _INSTRUCTION.match(line)
+    if instruction:
+      current.instructions.append(_Instruction(*instruction.groups()))
+  return computations
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramCost:
+  """Per device, per run of the program."""
+  matmul_flops: float
+  collective_bytes: dict  # op kind -> bytes of its results
+
+  @property
+  def total_collective_bytes(self) -> float:
+    return float(sum(self.collective_bytes.values()))
+
+
+def program_cost(hlo_text: str) -> ProgramCost:
+  """Matmul FLOPs and collective bytes of one run of the module's entry computation."""
+  computations = parse(hlo_text)
+  entry = [c for c in computations.values() if c.is_entry]
+  if len(entry) != 1:
+    raise ValueError(f"expected one ENTRY computation in the HLO text, found {len(entry)}")
+
+  @functools.lru_cache(maxsize=None)
+  def cost(name: str) -> tuple[float, tuple]:
+    computation = computations.get(name)
+    if computation is None:
+      return 0.0, ()
+    shapes = {i.name: i.type_text for i in computation.instructions}
+    flops, moved = 0.0, {}
+
+    def add(sub_flops, sub_moved, times=1):
+      nonlocal flops
+      flops += times * sub_flops
+      for kind, value in sub_moved:
+        moved[kind] = moved.get(kind, 0) + times * value
+
+    for inst in computation.instructions:
+      op = inst.op
+      if op == "dot":
+        lhs = re.search(r"%([\w.\-]+)", inst.rest)
+        contracting = _CONTRACTING.search(inst.rest)
+        (_, out_dims), = _arrays(inst.type_text)[:1] or [("f32", ())]
+        contracted = 1
+        if lhs and contracting and lhs.group(1) in shapes:
+          lhs_arrays = _arrays(shapes[lhs.group(1)])
+          if lhs_arrays:
+            dims = lhs_arrays[0][1]
+            contracted = math.prod(dims[int(d)] for d in contracting.group(1).split(",") if d)
+        flops += 2.0 * math.prod(out_dims) * contracted
+        continue
+      if op == "convolution":  # XLA:TPU writes matmuls as 1x1 convolutions
+        flops += _convolution_flops(inst, shapes)
+        continue
+      kind = op[:-len("-start")] if op.endswith("-start") else op
+      if kind in COLLECTIVES:
+        # all-reduce-start returns its results; the other starts (operands, results, ...)
+        async_pair = op.endswith("-start") and kind != "all-reduce"
+        moved[kind] = moved.get(kind, 0) + _bytes(
+            _async_result(inst.type_text) if async_pair else inst.type_text)
+      if op == "while":
+        body = re.search(r"\bbody=%([\w.\-]+)", inst.rest)
+        trips = _TRIP_COUNT.search(inst.rest)
+        if body:
+          add(*cost(body.group(1)), times=int(trips.group(1)) if trips else 1)
+        continue
+      if op == "conditional":
+        branches = _BRANCHES.search(inst.rest)
+        names = ([b.strip().lstrip("%") for b in branches.group(1).split(",")] if branches else
+                 [m.group(2) for m in _CALLEE_KEYS.finditer(inst.rest)])
+        if names:
+          add(*max((cost(n) for n in names), key=lambda c: c[0]))
+        continue
+      for match in _CALLEE_KEYS.finditer(inst.rest):
+        if match.group(1) in ("calls", "to_apply"):
+          add(*cost(match.group(2)))
+    return flops, tuple(sorted(moved.items()))
+
+  flops, moved = cost(entry[0].name)
+  return ProgramCost(flops, dict(moved))
+
+
+def _convolution_flops(inst: _Instruction, shapes: dict[str, str]) -> float:
+  """2 x output elements x input features per group x the window taps that meet real input.
+
+  XLA:TPU writes a batched matmul as a convolution whose batch dimensions are
+  spatial, with ``lhs_dilate`` = window size, so that each output position
+  meets one input position: taps per spatial dimension = ceil(size / lhs_dilate).
+  """
+  operands = re.findall(r"%([\w.\-]+)", inst.rest.split(")", 1)[0])
+  labels = _DIM_LABELS.search(inst.rest)
+  outputs = _arrays(inst.type_text)
+  if len(operands) < 2 or operands[1] not in shapes or not labels or not outputs:
+    return 0.0
+  kernel_arrays = _arrays(shapes[operands[1]])
+  if not kernel_arrays:
+    return 0.0
+  kernel = kernel_arrays[0][1]
+  kernel_labels = labels.group(1).split("->")[0].split("_")[1]
+  if "i" not in kernel_labels or len(kernel_labels) != len(kernel):
+    return 0.0
+  taps = 1
+  window = _WINDOW.search(inst.rest)
+  if window:
+    fields = dict(re.findall(r"(\w+)=([0-9x_]+)", window.group(1)))
+    sizes = [int(v) for v in fields.get("size", "").split("x") if v]
+    dilations = [int(v) for v in fields.get("lhs_dilate", "").split("x") if v] or [1] * len(sizes)
+    taps = math.prod(-(-size // dilation) for size, dilation in zip(sizes, dilations))
+  return 2.0 * math.prod(outputs[0][1]) * kernel[kernel_labels.index("i")] * taps
+
+
+def _async_result(type_text: str) -> str:
+  """An async collective's start op returns (operands, results[, context]): the results."""
+  inner = type_text.strip()
+  if not inner.startswith("("):
+    return inner
+  depth, parts, start = 0, [], 1
+  for index, char in enumerate(inner):
+    if char in "([{":
+      depth += 1
+    elif char in ")]}":
+      depth -= 1
+      if depth == 0:
+        parts.append(inner[start:index])
+    elif char == "," and depth == 1:
+      parts.append(inner[start:index])
+      start = index + 1
+  return parts[1] if len(parts) >= 2 else inner

@@ -1,0 +1,72 @@
+"""mrt5-bench compile: the real sharded train step compiled on an 8-device CPU topology (its
+shardings are the partitioning rules', its FLOPs the hand count's), and the TPU target
+without libtpu refused with a clear message."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mrt5_jax.studies import memory
+from tests.fixtures import TESTS_DIR, run_cli
+
+
+@pytest.fixture(scope="module")
+def report():
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "pod_compile_check.py")],
+                       env=env, capture_output=True, text=True, timeout=900)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_compiled_step_carries_the_partitioning_rules_shardings(report):
+  assert report["devices"] == 8
+  assert report["state_in_mesh"] == {"data": 4, "model": 2}
+  assert report["state_in_matches_rules"] and report["state_out_matches_rules"]
+  assert "PartitionSpec('model', None)" in report["param_specs"]  # vocab / heads / mlp split
+  assert report["batch_specs"] == ["PartitionSpec('data',)"]
+  assert report["metric_specs"] == ["PartitionSpec()"]
+  assert report["hard_delete_train_prob"] > 0  # the shipped recipe's hard batches compiled in
+
+
+@pytest.mark.slow
+def test_rows_count_the_hand_flops_at_every_loop_and_partitioning(report):
+  rows = report["benchmark"]["rows"]
+  assert len(rows) == 8 and all(row["fits"] for row in rows)
+  fields = ("size", "topology", "num_partitions", "num_microbatches", "remat_policy",
+            "peak_bytes_per_chip", "hbm_bytes_per_chip", "fits", "flops_per_step",
+            "hand_flops_per_step", "collective_bytes_per_step", "estimated_step_seconds",
+            "estimated_mfu", "compile_seconds")
+  for row in rows:
+    assert set(fields) <= set(row)
+    ratio = row["flops_per_step"] / row["hand_flops_per_step"]
+    if row["remat_policy"] == "none":
+      # the hand count has only the matmuls of model.flops; the gate's projection and
+      # the optimizer add < 0.1 %, whatever the micro-batch loop does to XLA's own count
+      assert ratio == pytest.approx(1.0, abs=2e-3), row
+    else:  # full remat recomputes the forward: up to 4/3 of the matmuls
+      assert 1.1 < ratio <= 4 / 3 + 2e-3, row
+    assert row["collective_bytes_per_step"] > 0  # data parallelism all-reduces gradients
+    assert row["peak_bytes_per_chip"] > 0
+  # XLA's own cost analysis counts a loop body once: with 4 micro-batches it sees less
+  scanned = [r for r in rows if r["num_microbatches"] == 4 and r["remat_policy"] == "none"]
+  assert all(r["xla_cost_flops_per_step"] < 0.6 * r["hand_flops_per_step"] for r in scanned)
+  # CPU devices have no published figures, so no roofline and no best pick
+  assert report["benchmark"]["best"] is None and rows[0]["estimated_step_seconds"] is None
+
+
+@pytest.mark.slow
+def test_tpu_target_without_libtpu_is_refused_clearly():
+  small = ["compile", "--target", "tpu", "--topology", "v4:2x2x1", "--size", "tiny",
+           "--length", "64", "--batch", "8", "--microbatches", "1", "--remat", "none"]
+  out = run_cli("mrt5_jax.cli.bench", *small)
+  if memory.libtpu_available():
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TPU v4" in out.stdout
+  else:
+    assert out.returncode != 0
+    assert "needs libtpu" in out.stderr and "--target host" in out.stderr
