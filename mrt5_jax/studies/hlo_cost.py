@@ -5,9 +5,10 @@ XLA's own cost analysis (``compiled.cost_analysis()``) counts the body of a
 micro-batches (a ``lax.scan``) or with scanned layers looks several times
 cheaper than it is. This reads ``compiled.as_text()`` instead and walks the
 call graph from the entry computation: a fusion or call counts its callee
-once, a ``while`` counts its body ``known_trip_count`` times (XLA records it
-in the op's backend config), a ``conditional`` counts its most expensive
-branch (one runs per step).
+once, a ``while`` counts its body ``known_trip_count`` times (XLA:CPU records
+it in the op's backend config; for XLA:TPU, which does not, the bound N of the
+condition's ``i < N``, JAX's loops counting from 0), a ``conditional`` counts
+its most expensive branch (one runs per step).
 
 Counted: ``dot`` ops (2 x result elements x contracted size: the matmuls,
 which are all but a few percent of a transformer's FLOPs), ``convolution``
@@ -92,6 +93,7 @@ class ProgramCost:
   """Per device, per run of the program."""
   matmul_flops: float
   collective_bytes: dict  # op kind -> bytes of its results
+  unknown_trip_counts: tuple = ()  # while ops counted once: no trip count could be read
 
   @property
   def total_collective_bytes(self) -> float:
@@ -144,9 +146,14 @@ def program_cost(hlo_text: str) -> ProgramCost:
             _async_result(inst.type_text) if async_pair else inst.type_text)
       if op == "while":
         body = re.search(r"\bbody=%([\w.\-]+)", inst.rest)
+        condition = re.search(r"\bcondition=%([\w.\-]+)", inst.rest)
         trips = _TRIP_COUNT.search(inst.rest)
+        count = (int(trips.group(1)) if trips else
+                 _bound_of(condition.group(1)) if condition else None)
+        if count is None:
+          unknown.append(inst.name)
         if body:
-          add(*cost(body.group(1)), times=int(trips.group(1)) if trips else 1)
+          add(*cost(body.group(1)), times=1 if count is None else count)
         continue
       if op == "conditional":
         branches = _BRANCHES.search(inst.rest)
@@ -160,8 +167,29 @@ def program_cost(hlo_text: str) -> ProgramCost:
           add(*cost(match.group(2)))
     return flops, tuple(sorted(moved.items()))
 
+  def _bound_of(condition: str) -> Optional[int]:
+    """The loop bound of a ``while`` condition ``i < N`` (JAX's loops count from 0):
+    the one integer scalar constant of the condition computation and its fusions."""
+    constants = []
+    pending, seen = [condition], set()
+    while pending:
+      name = pending.pop()
+      if name in seen or name not in computations:
+        continue
+      seen.add(name)
+      for inst in computations[name].instructions:
+        if inst.op == "constant" and re.match(r"[su](32|64)\[\]", inst.type_text):
+          value = re.match(r"\s*(-?\d+)\)", inst.rest)
+          if value:
+            constants.append(int(value.group(1)))
+        pending += [m.group(2) for m in _CALLEE_KEYS.finditer(inst.rest)]
+    has_less_than = any("direction=LT" in inst.rest
+                        for name in seen for inst in computations[name].instructions)
+    return constants[0] if has_less_than and len(set(constants)) == 1 else None
+
+  unknown: list[str] = []
   flops, moved = cost(entry[0].name)
-  return ProgramCost(flops, dict(moved))
+  return ProgramCost(flops, dict(moved), tuple(unknown))
 
 
 def _convolution_flops(inst: _Instruction, shapes: dict[str, str]) -> float:

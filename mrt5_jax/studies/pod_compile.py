@@ -121,7 +121,7 @@ def build_trainer(setting: Setting, devices: Sequence, objective, controller) ->
   mesh = partitioning.MeshConfig(num_partitions=setting.num_partitions)
   return Trainer(model_config(setting), optimizer=optimizers.OptimizerConfig(
       name=setting.optimizer), objective=objective, controller=controller, mesh=mesh,
-      num_microbatches=setting.num_microbatches, enable_dropout=False, devices=devices)
+      num_microbatches=setting.num_microbatches, enable_dropout=True, devices=devices)
 
 
 def lower_train_step(trainer: Trainer, setting: Setting):
@@ -165,6 +165,7 @@ def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
       "compile_seconds": compile_seconds,
       "flops_per_step": None, "xla_cost_flops_per_step": None,
       "collective_bytes_per_step": None, "collective_bytes_by_kind": None,
+      "loops_counted_once": None,
       "estimated_step_seconds": None, "estimated_mfu": None, "bound_by": None}
   if compiled is None:
     return row
@@ -175,7 +176,8 @@ def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
       flops_per_step=cost.matmul_flops * chips,
       xla_cost_flops_per_step=float(xla.get("flops", 0.0)) * chips,
       collective_bytes_per_step=cost.total_collective_bytes * chips,
-      collective_bytes_by_kind={k: v * chips for k, v in cost.collective_bytes.items()})
+      collective_bytes_by_kind={k: v * chips for k, v in cost.collective_bytes.items()},
+      loops_counted_once=len(cost.unknown_trip_counts))
   if chip is not None:
     row.update(roofline(chip, cost, float(xla.get("flops", 0.0)),
                         float(xla.get("bytes accessed", 0.0)), row["hand_flops_per_step"], chips))
@@ -218,15 +220,15 @@ def run_compile_benchmark(settings: Sequence[Setting], *, target: str, topology:
                           search: bool = False, target_deletion_rate: float = 0.5,
                           log: Callable[[str], None] = print) -> dict[str, Any]:
   """Compile every setting (``search``: per partitioning, remat and attention, micro-batch
-  counts in increasing order only until one fits), and pick the fitting setting with the
-  lowest estimated step time."""
+  counts in increasing order until one fits and then while the estimated step time
+  improves), and pick the fitting setting with the lowest estimated step time."""
   devices = slice_devices(target, topology)
   objective, controller = shipped_deletion_control(target_deletion_rate)
   chip = chip_for(devices[0])
   log(f"compiling for {len(devices)} x {getattr(devices[0], 'device_kind', devices[0])} "
       f"({topology if target == 'tpu' else 'this host'}), never run; roofline: "
       f"{chip or 'no published figures for this chip'}")
-  rows, settled = [], set()
+  rows, settled, last_fit = [], set(), {}
   for setting in settings:
     family = (setting.size, setting.num_partitions, setting.remat_policy, setting.attention_impl)
     if search and family in settled:
@@ -240,7 +242,12 @@ def run_compile_benchmark(settings: Sequence[Setting], *, target: str, topology:
     rows.append(row)
     log(describe(row))
     if search and row["fits"]:
-      settled.add(family)
+      # more micro-batches cost less memory, but a program that only just fits may be
+      # recomputed by XLA: go on while the estimated step time improves
+      estimate = row["estimated_step_seconds"]
+      if estimate is None or (family in last_fit and estimate >= last_fit[family]):
+        settled.add(family)
+      last_fit[family] = estimate
   fitting = [r for r in rows if r["fits"] and r["estimated_step_seconds"] is not None]
   best = min(fitting, key=lambda r: r["estimated_step_seconds"]) if fitting else None
   if best:

@@ -27,9 +27,10 @@ def test_compiled_step_carries_the_partitioning_rules_shardings(report):
   assert report["devices"] == 8
   assert report["state_in_mesh"] == {"data": 4, "model": 2}
   assert report["state_in_matches_rules"] and report["state_out_matches_rules"]
-  assert "PartitionSpec('model', None)" in report["param_specs"]  # vocab / heads / mlp split
-  assert report["batch_specs"] == ["PartitionSpec('data',)"]
-  assert report["metric_specs"] == ["PartitionSpec()"]
+  assert "('model', None)" in report["param_specs"]  # vocab / heads / mlp split
+  assert "(None, 'model')" in report["param_specs"]
+  assert report["batch_specs"] == ["('data',)"]
+  assert report["metric_specs"] == ["()"]
   assert report["hard_delete_train_prob"] > 0  # the shipped recipe's hard batches compiled in
 
 

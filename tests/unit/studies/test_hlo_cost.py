@@ -93,6 +93,21 @@ ENTRY %main (a: bf16[8,4,1024,16], b: bf16[8,16,4,1024]) -> bf16[8,4,1024,1024] 
   assert hlo_cost.program_cost(text).matmul_flops == 8 * 4 * 2 * 1024 * 1024 * 16
 
 
+def test_a_loop_without_a_recorded_trip_count_reads_its_condition():
+  """XLA:TPU records no known_trip_count: the bound of the condition's i < N is used."""
+  text = HLO.replace(', backend_config={"known_trip_count":{"n":"3"},"known_init_step":'
+                     '{"init":"0","step":"1"}}', "").replace(
+      "ROOT %c = pred[] constant(true)",
+      "%n = s32[] constant(7)\n  %i = s32[] get-tuple-element(%t), index=0\n"
+      "  ROOT %c = pred[] compare(%i, %n), direction=LT")
+  cost = hlo_cost.program_cost(text)
+  assert cost.matmul_flops == 7 * 2 * 4 * 16 * 8 + 2 * 4 * 16 * 8
+  assert cost.unknown_trip_counts == ()
+  unbounded = hlo_cost.program_cost(text.replace("direction=LT", "direction=NE"))
+  assert unbounded.unknown_trip_counts == ("loop",)
+  assert unbounded.matmul_flops == 2 * 2 * 4 * 16 * 8  # counted once, and said so
+
+
 def test_one_entry_is_required():
   with pytest.raises(ValueError, match="one ENTRY"):
     hlo_cost.program_cost("HloModule empty\n")
