@@ -12,8 +12,8 @@ its most expensive branch (one runs per step).
 
 Counted: ``dot`` ops (2 x result elements x contracted size: the matmuls,
 which are all but a few percent of a transformer's FLOPs), ``convolution``
-ops (XLA:TPU's form of a matmul: 2 x output elements x input features x the
-window taps that meet real input) and the results of
+ops (XLA:TPU's form of a matmul: 2 x input features x every pair of output
+position and window tap that meets a real input position) and the results of
 the collective ops (``all-reduce``, ``all-gather``, ``reduce-scatter``,
 ``all-to-all``, ``collective-permute``, sync or async start), in bytes per
 device.
@@ -25,6 +25,8 @@ import functools
 import math
 import re
 from typing import Optional
+
+import numpy as np
 
 DTYPE_BYTES = {"pred": 1, "s4": 1, "u4": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2,
                "bf16": 2, "s32": 4, "u32": 4, "f32": 4, "s64": 8, "u64": 8, "f64": 8,
@@ -192,33 +194,57 @@ def program_cost(hlo_text: str) -> ProgramCost:
   return ProgramCost(flops, dict(moved), tuple(unknown))
 
 
-def _convolution_flops(inst: _Instruction, shapes: dict[str, str]) -> float:
-  """2 x output elements x input features per group x the window taps that meet real input.
+def _real_taps(size: int, window: int, stride: int, pad_low: int, lhs_dilate: int,
+               rhs_dilate: int, outputs: int) -> int:
+  """Over all output positions of one spatial dimension, the window taps that land on a
+  real (not padding, not dilation-hole) input position."""
+  o = np.arange(outputs)[:, None]
+  t = np.arange(window)[None, :]
+  position = o * stride + t * rhs_dilate - pad_low
+  real = (position >= 0) & (position <= (size - 1) * lhs_dilate) & (position % lhs_dilate == 0)
+  return int(real.sum())
 
-  XLA:TPU writes a batched matmul as a convolution whose batch dimensions are
-  spatial, with ``lhs_dilate`` = window size, so that each output position
-  meets one input position: taps per spatial dimension = ceil(size / lhs_dilate).
+
+def _convolution_flops(inst: _Instruction, shapes: dict[str, str]) -> float:
+  """2 x input features per group x every (output position, tap) that meets real input.
+
+  XLA:TPU writes matmuls as convolutions, batched ones with batch or head
+  dimensions made spatial (``lhs_dilate`` = window size, or padding around a
+  window as wide as the dimension), so that each output position meets one
+  real input position; counting window taps would overcount those.
   """
   operands = re.findall(r"%([\w.\-]+)", inst.rest.split(")", 1)[0])
   labels = _DIM_LABELS.search(inst.rest)
   outputs = _arrays(inst.type_text)
-  if len(operands) < 2 or operands[1] not in shapes or not labels or not outputs:
+  if len(operands) < 2 or not labels or not outputs or not all(o in shapes for o in operands[:2]):
     return 0.0
-  kernel_arrays = _arrays(shapes[operands[1]])
-  if not kernel_arrays:
+  lhs_arrays, kernel_arrays = _arrays(shapes[operands[0]]), _arrays(shapes[operands[1]])
+  if not lhs_arrays or not kernel_arrays:
     return 0.0
-  kernel = kernel_arrays[0][1]
-  kernel_labels = labels.group(1).split("->")[0].split("_")[1]
-  if "i" not in kernel_labels or len(kernel_labels) != len(kernel):
+  lhs, kernel, out = lhs_arrays[0][1], kernel_arrays[0][1], outputs[0][1]
+  lhs_labels, rest = labels.group(1).split("_", 1)
+  kernel_labels, out_labels = rest.split("->")
+  if (len(lhs_labels) != len(lhs) or len(kernel_labels) != len(kernel)
+      or len(out_labels) != len(out) or "i" not in kernel_labels):
     return 0.0
-  taps = 1
+  spatial = [c for c in out_labels if c.isdigit()]
   window = _WINDOW.search(inst.rest)
-  if window:
-    fields = dict(re.findall(r"(\w+)=([0-9x_]+)", window.group(1)))
-    sizes = [int(v) for v in fields.get("size", "").split("x") if v]
-    dilations = [int(v) for v in fields.get("lhs_dilate", "").split("x") if v] or [1] * len(sizes)
-    taps = math.prod(-(-size // dilation) for size, dilation in zip(sizes, dilations))
-  return 2.0 * math.prod(outputs[0][1]) * kernel[kernel_labels.index("i")] * taps
+  fields = dict(re.findall(r"(\w+)=([0-9x_\-]+)", window.group(1))) if window else {}
+
+  def per_dim(name, default):
+    values = fields.get(name)
+    return [int(v) for v in values.split("x")] if values else [default] * len(spatial)
+
+  sizes, strides = per_dim("size", 1), per_dim("stride", 1)
+  lhs_dilates, rhs_dilates = per_dim("lhs_dilate", 1), per_dim("rhs_dilate", 1)
+  pads = ([int(p.split("_")[0]) for p in fields["pad"].split("x")] if "pad" in fields
+          else [0] * len(spatial))
+  pairs = 1
+  for index, dim in enumerate(spatial):
+    pairs *= _real_taps(lhs[lhs_labels.index(dim)], sizes[index], strides[index], pads[index],
+                        lhs_dilates[index], rhs_dilates[index], out[out_labels.index(dim)])
+  other = math.prod(n for label, n in zip(out_labels, out) if not label.isdigit())
+  return 2.0 * other * pairs * kernel[kernel_labels.index("i")]
 
 
 def _async_result(type_text: str) -> str:

@@ -111,3 +111,10 @@ def test_a_loop_without_a_recorded_trip_count_reads_its_condition():
 def test_one_entry_is_required():
   with pytest.raises(ValueError, match="one ENTRY"):
     hlo_cost.program_cost("HloModule empty\n")
+
+
+def test_window_taps_on_real_input_only():
+  assert hlo_cost._real_taps(10, 3, 1, 1, 1, 1, 10) == 28  # "same" padding loses 2 taps
+  assert hlo_cost._real_taps(8, 8, 7, 0, 8, 1, 8) == 8  # batch as a dilated spatial dim
+  assert hlo_cost._real_taps(1, 4, 1, 3, 1, 1, 4) == 4  # heads: size-1 input padded 3_3
+  assert hlo_cost._real_taps(1024, 1024, 1, 0, 1, 1, 1) == 1024  # a weight gradient
