@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import json
 import os
 import subprocess
 import sys
@@ -42,6 +43,17 @@ def run_python(args, timeout: int = 600, **popen) -> subprocess.CompletedProcess
 def run_cli(module: str, *args, timeout: int = 600) -> subprocess.CompletedProcess:
   """``python -m MODULE ARGS`` (a command-line front end) as ``run_python`` runs it."""
   return run_python(["-m", module, *args], timeout=timeout)
+
+
+def run_check_script(name: str, timeout: int = 600) -> dict:
+  """Run ``tests/NAME`` (a script that sets its own XLA_FLAGS, e.g. 8 host devices, before
+  jax starts) and return the JSON of its last output line."""
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run([sys.executable, os.path.join(TESTS_DIR, name)], env=env,
+                       capture_output=True, text=True, timeout=timeout)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def model_config(kind: str = "network", **overrides) -> config_lib.MrT5Config:

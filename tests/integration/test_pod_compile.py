@@ -1,25 +1,15 @@
 """mrt5-bench compile: the real sharded train step compiled on an 8-device CPU topology (its
 shardings are the partitioning rules', its FLOPs the hand count's), and the TPU target
 without libtpu refused with a clear message."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from mrt5_jax.studies import memory
-from tests.fixtures import TESTS_DIR, run_cli
+from tests.fixtures import run_check_script, run_cli
 
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "pod_compile_check.py")],
-                       env=env, capture_output=True, text=True, timeout=900)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_check_script("pod_compile_check.py", timeout=900)
 
 
 @pytest.mark.slow

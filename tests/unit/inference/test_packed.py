@@ -7,7 +7,7 @@ import pytest
 from mrt5_jax.inference.encode_path import EncodePath, InferenceConfig
 from mrt5_jax.inference.runner import InferenceRunner
 from mrt5_jax.model import layer_stacking
-from tests.fixtures import as_tuple, byte_batch, init_params, model_config
+from tests.fixtures import as_tuple, byte_batch, init_params, model_config, run_check_script
 
 jax.config.update("jax_default_matmul_precision", "highest")
 BUCKETS = InferenceConfig(mode="bucketed", min_bucket_length=4, bucket_step=4)
@@ -134,17 +134,7 @@ def test_hard_deletion_at_the_input_length_masks_in_place():
 
 def test_packed_equals_bucketed_on_an_8_device_mesh():
   """tests/packing_sharding_check.py: one plan per data shard, no collective."""
-  import json
-  import os
-  import subprocess
-  import sys
-  from tests.fixtures import TESTS_DIR
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, os.path.join(TESTS_DIR, "packing_sharding_check.py")],
-                       env=env, capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  report = json.loads(out.stdout.strip().splitlines()[-1])
+  report = run_check_script("packing_sharding_check.py")
   for name, mesh in (("data8", {"data": 8, "model": 1}), ("data4", {"data": 4, "model": 2})):
     row = report[name]
     assert row["mesh"] == mesh

@@ -3,29 +3,17 @@
 The 8 host devices need XLA_FLAGS before jax starts, so the comparison runs in
 a subprocess (tests/sharding_check.py); this process keeps one device.
 """
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from mrt5_jax.parallel import partitioning
-from tests.fixtures import TESTS_DIR
-
-HERE = TESTS_DIR
+from tests.fixtures import run_check_script
 
 
 @pytest.fixture(scope="module")
 def report():
-  env = dict(os.environ)
-  env.pop("XLA_FLAGS", None)
-  out = subprocess.run([sys.executable, os.path.join(HERE, "sharding_check.py")], env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert out.returncode == 0, out.stderr[-3000:]
-  return json.loads(out.stdout.strip().splitlines()[-1])
+  return run_check_script("sharding_check.py")
 
 
 def test_sharded_step_matches_single_device(report):
