@@ -63,7 +63,7 @@ def main():
       "metric_specs": sorted(set(specs(metrics_out))),
       "hard_delete_train_prob": objective.hard_delete_train_prob,
   }
-  grid = pod_compile.grid("tiny", 64, 16, 32, partitions=[1, 2], microbatches=[1, 4],
+  grid = pod_compile.grid("tiny", 64, 16, 32, partitions=[1, 2], microbatches=[4],
                           remat_policies=["none", "full"], attention=["dense"],
                           scan_layers=False, optimizer="adafactor")
   report["benchmark"] = pod_compile.run_compile_benchmark(grid, target="host", topology="cpu:8",

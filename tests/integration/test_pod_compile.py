@@ -27,7 +27,7 @@ def test_compiled_step_carries_the_partitioning_rules_shardings(report):
 @pytest.mark.slow
 def test_rows_count_the_hand_flops_at_every_loop_and_partitioning(report):
   rows = report["benchmark"]["rows"]
-  assert len(rows) == 8 and all(row["fits"] for row in rows)
+  assert len(rows) == 4 and all(row["fits"] for row in rows)
   fields = ("size", "topology", "num_partitions", "num_microbatches", "remat_policy",
             "peak_bytes_per_chip", "hbm_bytes_per_chip", "fits", "flops_per_step",
             "hand_flops_per_step", "collective_bytes_per_step", "estimated_step_seconds",
@@ -37,7 +37,7 @@ def test_rows_count_the_hand_flops_at_every_loop_and_partitioning(report):
     ratio = row["flops_per_step"] / row["hand_flops_per_step"]
     if row["remat_policy"] == "none":
       # the hand count has only the matmuls of model.flops; the gate's projection and
-      # the optimizer add < 0.1 %, whatever the micro-batch loop does to XLA's own count
+      # the optimizer add < 0.1 %, though the 4 micro-batches run in a loop
       assert ratio == pytest.approx(1.0, abs=2e-3), row
     else:  # full remat recomputes the forward: up to 4/3 of the matmuls
       assert 1.1 < ratio <= 4 / 3 + 2e-3, row
