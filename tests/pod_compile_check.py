@@ -1,4 +1,5 @@
-"""Run as a script: ``mrt5-bench compile``'s train step on an 8-device CPU topology.
+"""Run as a script: ``mrt5-bench compile``'s train step and hard-deletion inference programs
+on an 8-device CPU topology.
 
 XLA_FLAGS must be set before jax starts, so tests/integration/test_pod_compile.py runs this in
 a subprocess and reads the JSON it prints: whether the compiled step's input and output
@@ -15,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
+from mrt5_jax.inference.encode_path import InferenceConfig  # noqa: E402
+from mrt5_jax.studies import inference_compile  # noqa: E402
 from mrt5_jax.studies import pod_compile  # noqa: E402
 
 
@@ -68,6 +71,11 @@ def main():
                           scan_layers=False, optimizer="adafactor")
   report["benchmark"] = pod_compile.run_compile_benchmark(grid, target="host", topology="cpu:8",
                                                           log=lambda line: None)
+  inference = inference_compile.InferenceSetting(
+      pod_compile.Setting("tiny", 64, 16, 32, num_partitions=2), deletion_rate=0.75,
+      inference=InferenceConfig(min_bucket_length=16))
+  report["inference"] = inference_compile.run_inference_compile(
+      [inference], target="host", topology="cpu:8", log=lambda line: None)
   print(json.dumps(report))
 
 

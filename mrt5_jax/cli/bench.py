@@ -19,12 +19,15 @@
                        [--gin BINDING ...]
   mrt5-bench shortening [--targets 0.5] [--seeds 0,1] [--pretrain_steps 800]
                        [--continue_steps 400] [--byt5_checkpoint DIR] [--cp_rate 4]
+                       [--architectures byt5,mrt5,random,fixed,bp,cp]
                        [--run_file runs/byt5_to_mrt5.gin] [--work_dir /tmp/mrt5_shortening]
                        [--output F.json] [--gin BINDING ...]
   mrt5-bench compile   [--target tpu|host] [--topology v4:2x2x2] [--size small]
                        [--length 1024] [--batch 1024] [--partitions 1,2] [--microbatches 1,4]
                        [--remat none,full] [--attention dense] [--scan_layers]
-                       [--optimizer adafactor] [--search] [--output F]
+                       [--optimizer adafactor] [--search] [--programs train,inference]
+                       [--rate_spread 0.05] [--bucket_step 0] [--min_bucket_length 64]
+                       [--output F]
 
 ``inference``: ByT5 against hard-deletion MrT5 at forced deletion rates (each
 row its own around the batch's with ``--row_rate_spread``), in each
@@ -44,15 +47,18 @@ installed, else the host. ``deletion``: trains each recipe on each task and
 reports eval deletion, soft and hard cross entropy (docs/deletion_control.md).
 ``shortening``: the paper's comparison: ByT5, MrT5, random and fixed deletion,
 BP and CP continued from one ByT5 at matched reduction (the targets and CP's
-1 - 1/cp_rate), per seed and language; a table, the paired differences and a
-plot of CE against reduction (PNG beside the JSON; docs/baselines.md).
+1 - 1/cp_rate), per seed and language, each encoder timed against its seed's
+ByT5 side by side; a table, the paired differences and a plot of CE against
+reduction (PNG beside the JSON; docs/baselines.md).
 ``compile``: the real sharded train step (shipped deletion control, hard
 batches included) compiled, never run, for every chip of a TPU slice (libtpu)
 or this host's devices, over partitionings x micro-batches x remat x
 attention: peak memory per chip and whether it fits, FLOPs and collective
 bytes from the compiled HLO against a hand count, a roofline step time and
-MFU; ``--search`` stops each family at its first fitting micro-batch count
-(docs/memory_and_long_inputs.md).
+MFU; ``--search`` stops each family at its first fitting micro-batch count;
+``--programs inference`` compiles the hard-deletion encoder programs (full
+length, stage one, each bucket, packed) for the same slice, with the speedup
+their counted FLOPs and roofline times imply (docs/memory_and_long_inputs.md).
 """
 from __future__ import annotations
 
@@ -63,10 +69,13 @@ import sys
 import jax
 
 from mrt5_jax.cli import common
+from mrt5_jax.inference.encode_path import InferenceConfig
 from mrt5_jax.jobs import evaluate as evaluate_job
 from mrt5_jax.jobs import stages
 from mrt5_jax.jobs import train as train_job
+from mrt5_jax.studies import compiled
 from mrt5_jax.studies import deletion_control
+from mrt5_jax.studies import inference_compile
 from mrt5_jax.studies import inference_speed
 from mrt5_jax.studies import memory as memory_benchmarking
 from mrt5_jax.studies import pod_compile
@@ -156,6 +165,9 @@ def _parser() -> argparse.ArgumentParser:
   shortening.add_argument("--byt5_checkpoint", default=None,
                           help="continue this gate-less model instead of training one")
   shortening.add_argument("--cp_rate", type=int, default=4)
+  shortening.add_argument(
+      "--architectures", default=",".join(shortening_comparison.ARCHITECTURES),
+      help="which to continue (ByT5 always runs: every other model is paired with it)")
   shortening.add_argument("--speed_repeats", type=int, default=3)
   shortening.add_argument("--run_file", default=shortening_comparison.DEFAULT_RUN_FILE,
                           help="model size, data, optimizer and deletion control of every run")
@@ -184,14 +196,24 @@ def _parser() -> argparse.ArgumentParser:
   compile_.add_argument("--target_deletion_rate", type=float, default=0.5)
   compile_.add_argument("--search", action="store_true",
                         help="per family, micro-batch counts only until one fits")
+  compile_.add_argument("--programs", default="train",
+                        help="train, inference (the hard-deletion encoder programs: stage one, "
+                        "each bucket, packed), or both")
+  compile_.add_argument("--rate_spread", type=float, default=0.05,
+                        help="inference: sd of the rows' deletion rates around "
+                        "--target_deletion_rate (the packing plan's batch)")
+  compile_.add_argument("--bucket_step", type=int, default=0,
+                        help="inference: buckets are powers of two (0) or multiples of this")
+  compile_.add_argument("--min_bucket_length", type=int, default=64,
+                        help="inference: the smallest bucket")
   compile_.add_argument("--output", default=None, help="write the rows as JSON here")
   return parser
 
 
 def _target_flags(parser) -> None:
-  parser.add_argument("--target", default="auto", choices=memory_benchmarking.TARGETS,
+  parser.add_argument("--target", default="auto", choices=compiled.TARGETS,
                       help="compile for this host or for a TPU chip (needs libtpu)")
-  parser.add_argument("--topology", default=memory_benchmarking.DEFAULT_TPU_TOPOLOGY,
+  parser.add_argument("--topology", default=compiled.DEFAULT_TPU_TOPOLOGY,
                       help="TPU topology of --target tpu (one chip of it is measured)")
 
 
@@ -297,9 +319,21 @@ def _run_compile(args) -> dict:
       partitions=_ints(args.partitions, "--partitions"),
       microbatches=_ints(args.microbatches, "--microbatches"), remat_policies=policies,
       attention=attention, scan_layers=args.scan_layers, optimizer=args.optimizer)
-  return pod_compile.run_compile_benchmark(settings, target=args.target, topology=args.topology,
-                                           search=args.search,
-                                           target_deletion_rate=args.target_deletion_rate)
+  programs = {p for p in args.programs.split(",") if p}
+  if not programs or programs - {"train", "inference"}:
+    raise SystemExit(f"--programs must come from train,inference, got {args.programs!r}")
+  result = pod_compile.run_compile_benchmark(
+      settings if "train" in programs else [], target=args.target, topology=args.topology,
+      search=args.search, target_deletion_rate=args.target_deletion_rate)
+  if "inference" in programs:
+    inference = InferenceConfig(bucket_step=args.bucket_step,
+                                min_bucket_length=args.min_bucket_length)
+    families = {(s.num_partitions, s.attention_impl): s for s in settings}
+    result["inference"] = inference_compile.run_inference_compile(
+        [inference_compile.InferenceSetting(s, args.target_deletion_rate, args.rate_spread,
+                                            inference) for s in families.values()],
+        target=args.target, topology=args.topology)
+  return result
 
 
 def _run_shortening(args) -> dict:
@@ -314,6 +348,7 @@ def _run_shortening(args) -> dict:
       jobs, work_dir=args.work_dir, targets=targets, seeds=_ints(args.seeds, "--seeds", 0),
       pretrain_steps=args.pretrain_steps, continue_steps=args.continue_steps,
       byt5_checkpoint=args.byt5_checkpoint, run_file=args.run_file, cp_rate=args.cp_rate,
+      architectures=[a for a in args.architectures.split(",") if a],
       speed_repeats=args.speed_repeats, extra_bindings=args.gin, output=output)
   if result["interrupted"]:
     print(f"stage {result['interrupted']} was interrupted after a checkpoint; run the same "

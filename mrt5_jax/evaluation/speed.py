@@ -1,7 +1,7 @@
 """Full-length against hard-deletion speed of one batch, measured side by side."""
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -15,12 +15,20 @@ class SpeedMeter:
   """Full-length (soft) against hard-deletion encoding and scoring of one batch.
 
   Hard deletion runs in the ``InferenceConfig``'s mode (``bucketed`` where
-  that is ``soft``).
+  that is ``soft``). The full-length side is the same model run soft, or
+  ``reference`` = (config, params) of another model on the same bytes (a
+  ByT5, so the speedup is over the model MrT5 replaces; its vocabulary must
+  be the same).
   """
 
-  def __init__(self, config, params, inference: InferenceConfig = InferenceConfig()):
+  def __init__(self, config, params, inference: InferenceConfig = InferenceConfig(),
+               reference: Optional[tuple[Any, Any]] = None):
     self.config = config
-    self.full = InferenceRunner(config, params, mode="soft")
+    self.full_config, full_params = reference or (config, params)
+    if self.full_config.vocab_size != config.vocab_size:
+      raise ValueError(f"the speed reference's vocabulary ({self.full_config.vocab_size}) is not "
+                       f"the evaluated model's ({config.vocab_size})")
+    self.full = InferenceRunner(self.full_config, full_params, mode="soft")
     mode = "bucketed" if inference.mode == "soft" else inference.mode
     self.hard = InferenceRunner(config, params, inference=inference.replace(mode=mode))
 
@@ -43,12 +51,12 @@ class SpeedMeter:
         lambda: self.hard.score(tokens, dec_in, targets), repeats)
     batch_rows = tokens.shape[0]
     # the "full" program is the soft one: the input length for a delete gate,
-    # BP at its training capacity, CP at its one length
+    # BP at its training capacity, CP at its one length (or the reference's)
     full_length = self.full.encode(tokens).compacted_length
-    enc_full = batch_rows * encoder_flops(self.config, length, full_length)
+    enc_full = batch_rows * encoder_flops(self.full_config, length, full_length)
     enc_hard = batch_encoder_flops(self.config, batch_rows, length, rows, run_length)
     enc_exact = sum(encoder_flops(self.config, length, max(int(k), 1)) for k in kept)
-    dec_full = batch_rows * decoder_flops(self.config, target_length, full_length)
+    dec_full = batch_rows * decoder_flops(self.full_config, target_length, full_length)
     dec_hard = batch_rows * decoder_flops(self.config, target_length, compacted)
     return Speed(
         examples=examples, batches=1,

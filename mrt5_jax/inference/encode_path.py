@@ -165,10 +165,19 @@ class EncodePath:
     self._stage_two_packed = jax.jit(stage_two_packed, static_argnames="unpacked_length")
 
   @property
+  def programs(self) -> dict:
+    """The jitted functions by name, for lowering ahead of time (``.lower(...)``):
+    ``encode_once`` (params, tokens, segment_ids, rng, deletion, length), ``stage_one``
+    (params, tokens, segment_ids, rng), ``stage_two`` (params, reading, tokens,
+    segment_ids, deletion, length), ``stage_two_packed`` (params, reading, tokens,
+    segment_ids, plan, unpacked_length)."""
+    return {"encode_once": self._encode_once, "stage_one": self._stage_one,
+            "stage_two": self._stage_two, "stage_two_packed": self._stage_two_packed}
+
+  @property
   def num_compiled_programs(self) -> int:
     """Encoder programs compiled so far (each jitted function's cache entries)."""
-    return sum(fn._cache_size() for fn in (self._stage_one, self._stage_two, self._encode_once,
-                                           self._stage_two_packed))
+    return sum(fn._cache_size() for fn in self.programs.values())
 
   def resolved_mode(self, mode: Optional[str] = None) -> str:
     """The mode that runs: ``mode`` (default: the config's), ``soft`` where hard

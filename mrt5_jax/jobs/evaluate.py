@@ -102,13 +102,17 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
              seqio_num_examples: Optional[int] = 64,
              speed_batches: int = 1,
              speed_repeats: int = 3,
+             speed_reference_dir: Optional[str] = None,
              report_path: Optional[str] = None,
              params=None) -> dict:
   """Evaluate ``model_dir`` (its newest checkpoint, or ``step``) on ``eval_dataset``.
 
   Each task of the dataset's mixture (or its one task) is evaluated on its
   first ``num_batches`` batches (None: the whole split) and its first
-  ``speed_batches`` batches are timed (``task_report.evaluate_tasks``);
+  ``speed_batches`` batches are timed (``task_report.evaluate_tasks``):
+  hard deletion against the same model at full length, or against the model
+  of ``speed_reference_dir`` (its newest step; e.g. the ByT5 an MrT5 was
+  continued from) on the same batches;
   with ``seqio_metrics`` the tasks' seqio metrics on their first
   ``seqio_num_examples`` examples join the rows. Returns {'checkpoint',
   'step', 'mixture_or_task_name', 'split', 'soft', 'hard' (every task's
@@ -130,14 +134,20 @@ def evaluate(*, model_dir: str = gin.REQUIRED,
   evaluator = Evaluator(module, part, objective, controller, inference)
   params = jax.device_put(params, part.replicated)
   profile = DeletionProfile(config.vocab_size)
-  meter = SpeedMeter(config, params, inference) if speed_batches else None
+  reference = None
+  if speed_batches and speed_reference_dir:
+    ref = loading.load_model(speed_reference_dir,
+                             step_flag="a speed_reference_dir whose newest step is intact")
+    reference = (ref.config, jax.device_put(ref.params, part.replicated))
+  meter = SpeedMeter(config, params, inference, reference) if speed_batches else None
   report = task_report.evaluate_tasks(
       evaluator, params, controller_state, eval_dataset, num_batches=num_batches,
       speed_meter=meter, speed_batches=speed_batches, speed_repeats=speed_repeats,
       profile=profile, log=lambda line: logging.getLogger("mrt5_jax").info("%s", line))
   results: dict = {"checkpoint": loaded.step_dir, "step": loaded.step,
                    "mixture_or_task_name": eval_dataset.mixture_or_task_name,
-                   "split": eval_dataset.split, "deletion_type": config.deletion_type}
+                   "split": eval_dataset.split, "deletion_type": config.deletion_type,
+                   "speed_reference": ref.step_dir if reference else None}
   results.update(report.pop("all"))
   results.update(report)
   results["most_deleted"] = deletion_analysis.most_deleted(profile.as_dict())

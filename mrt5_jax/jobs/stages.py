@@ -58,7 +58,7 @@ def run_stage(jobs: Jobs, kind: str) -> dict:
   if kind == "evaluate":
     results = jobs.evaluate()
     keep = ("step", "checkpoint", "mixture_or_task_name", "split", "deletion_type", "soft",
-            "hard", "examples", "speed", "tasks", "report_path")
+            "hard", "examples", "speed", "speed_reference", "tasks", "report_path")
     return {key: results[key] for key in keep if key in results}
   if kind == "inspect":
     if jobs.inspect_deletion is None:

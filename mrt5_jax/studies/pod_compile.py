@@ -30,7 +30,7 @@ from mrt5_jax.model import flops as flops_lib
 from mrt5_jax.model.config import MrT5Config, preset
 from mrt5_jax.parallel import partitioning
 from mrt5_jax.studies import hlo_cost
-from mrt5_jax.studies import memory as memory_lib
+from mrt5_jax.studies import compiled as compiled_lib
 from mrt5_jax.training import objective as objective_lib
 from mrt5_jax.training import optimizers
 from mrt5_jax.training.trainer import Trainer
@@ -66,7 +66,7 @@ def slice_devices(target: str, topology: str) -> list:
     return list(jax.devices())
   if target != "tpu":
     raise ValueError(f"target must be 'tpu' or 'host', got {target!r}")
-  if not memory_lib.libtpu_available():
+  if not compiled_lib.libtpu_available():
     raise ValueError("compiling for a TPU slice needs libtpu (pip install libtpu==0.0.42.1, the "
                      "version jax[tpu] 0.10.2 pins); --target host compiles for this host")
   from jax.experimental import topologies  # needs libtpu; imported only for a TPU target
@@ -133,7 +133,7 @@ def lower_train_step(trainer: Trainer, setting: Setting):
   step = trainer.compiled_step(setting.input_length, setting.target_length)
   with trainer.partitioner.context():
     return step.lower(trainer.abstract_state(setting.input_length, setting.target_length),
-                      memory_lib.batch_shapes(setting.global_batch, setting.input_length,
+                      compiled_lib.batch_shapes(setting.global_batch, setting.input_length,
                                               setting.target_length))
 
 
@@ -147,7 +147,7 @@ def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
   config = trainer.config
   chips = len(devices)
   start = time.perf_counter()
-  compiled, memory = memory_lib.compile_with_memory(lower_train_step(trainer, setting))
+  compiled, memory = compiled_lib.compile_with_memory(lower_train_step(trainer, setting))
   compile_seconds = time.perf_counter() - start
   chip = chip_for(devices[0])
   hbm = chip.hbm_bytes if chip else (memory.capacity_bytes or None)

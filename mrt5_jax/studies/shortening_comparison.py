@@ -17,7 +17,10 @@ where mrt5, random, fixed and bp are run too, so CP has matched partners.
 Each (architecture, target, seed) is evaluated per language on the eval
 mixture (soft and hard CE, the reduction achieved, the hard-deletion encoder
 speedup over the same encoder at full length measured side by side, and its
-FLOP ideal). The stages are recorded like the main job's: a rerun skips what
+FLOP ideal). The encoder speedup is over the seed's continued ByT5: each
+model's hard-deletion encoder and ByT5's full-length encoder are timed
+alternately on the same batches in one process (ByT5 against itself shows
+the timing noise). The stages are recorded like the main job's: a rerun skips what
 finished and an interrupted training stage resumes.
 """
 from __future__ import annotations
@@ -79,18 +82,24 @@ class Run:
     return f"s{self.seed}.{self.architecture}{at}"
 
 
-def plan_runs(targets: Sequence[float], seeds: Sequence[int], cp_rate: int) -> list[Run]:
-  """ByT5 once per seed; mrt5, random, fixed and bp at every target and at CP's
-  reduction; cp at its reduction."""
+def plan_runs(targets: Sequence[float], seeds: Sequence[int], cp_rate: int,
+              architectures: Sequence[str] = ARCHITECTURES) -> list[Run]:
+  """ByT5 once per seed (always: every other run is paired with it); of
+  ``architectures``, mrt5, random, fixed and bp at every target and at CP's
+  reduction when cp is among them; cp at its reduction."""
+  unknown = sorted(set(architectures) - set(ARCHITECTURES))
+  if unknown:
+    raise ValueError(f"unknown architectures {unknown}; choose from {list(ARCHITECTURES)}")
   cp_target = round(cp_reduction(cp_rate), 6)
-  all_targets = list(dict.fromkeys([*targets, cp_target]))
+  all_targets = list(dict.fromkeys([*targets, *([cp_target] if "cp" in architectures else [])]))
   runs = []
   for seed in seeds:
     runs.append(Run("byt5", None, seed))
     for target in all_targets:
       for architecture in ("mrt5", "random", "fixed", "bp"):
-        runs.append(Run(architecture, target, seed))
-      if target == cp_target:
+        if architecture in architectures:
+          runs.append(Run(architecture, target, seed))
+      if target == cp_target and "cp" in architectures:
         runs.append(Run("cp", target, seed))
   return runs
 
@@ -120,11 +129,12 @@ def plan_stages(work_dir: str, runs: Sequence[Run], *, byt5_checkpoint: Optional
          f"INIT_CHECKPOINT = '{init}'", f"train.seed = {run.seed}",
          f"train/DatasetConfig.seed = {run.seed}",
          *architecture_bindings(run.architecture, target, cp_rate)), "train"))
-    speed = 0 if run.architecture == "byt5" else 1
+    byt5_dir = os.path.join(work_dir, Run("byt5", None, run.seed).name)
     stages.append(Stage(
         f"eval.{run.name}", f"evaluate {run.name} per language",
-        (f"MODEL_DIR = '{model_dir}'", f"evaluate.speed_batches = {speed}",
+        (f"MODEL_DIR = '{model_dir}'", "evaluate.speed_batches = 1",
          f"evaluate.speed_repeats = {speed_repeats}",
+         f"evaluate.speed_reference_dir = '{byt5_dir}'",
          f"evaluate.report_path = '{os.path.join(work_dir, 'eval', run.name + '.json')}'"),
         "evaluate"))
   return stages
@@ -149,10 +159,10 @@ def run_row(run: Run, train_record: dict, eval_record: dict) -> dict[str, Any]:
       "reduction": hard["deletion_rate"],
       "soft_cross_entropy": result["soft"]["cross_entropy_per_token"],
       "hard_cross_entropy": hard["cross_entropy_per_token"],
-      "encoder_speedup": speed.get("encoder_speedup", 1.0 if run.architecture == "byt5" else None),
-      "encoder_ideal_speedup": speed.get("encoder_ideal_speedup",
-                                         1.0 if run.architecture == "byt5" else None),
+      "encoder_speedup": speed.get("encoder_speedup"),
+      "encoder_ideal_speedup": speed.get("encoder_ideal_speedup"),
       "exact_ideal_speedup": speed.get("exact_ideal_speedup"),
+      "speed_reference": result.get("speed_reference"),
       "train_cross_entropy": train_record["result"].get("train_cross_entropy"),
       "train_reduction": train_record["result"].get("train_deletion_rate"),
       "examples": result["examples"], "languages": languages,
@@ -311,6 +321,7 @@ def write_plot(summary: Sequence[dict], path: str) -> str:
 def run_comparison(jobs: stages_lib.Jobs, *, work_dir: str, targets: Sequence[float] = (0.5,),
                    seeds: Sequence[int] = (0, 1), pretrain_steps: int = 800,
                    continue_steps: int = 400, byt5_checkpoint: Optional[str] = None,
+                   architectures: Sequence[str] = ARCHITECTURES,
                    run_file: str = DEFAULT_RUN_FILE, cp_rate: int = 4, speed_repeats: int = 3,
                    extra_bindings: Sequence[str] = (), output: Optional[str] = None,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -333,7 +344,7 @@ def run_comparison(jobs: stages_lib.Jobs, *, work_dir: str, targets: Sequence[fl
   if not isinstance(cp_rate, int) or cp_rate < 2:
     raise ValueError(f"cp_rate must be an int >= 2, got {cp_rate!r}")
   work_dir = os.path.abspath(work_dir)
-  runs = plan_runs(targets, seeds, cp_rate)
+  runs = plan_runs(targets, seeds, cp_rate, architectures)
   plan = plan_stages(work_dir, runs, byt5_checkpoint=byt5_checkpoint,
                      pretrain_steps=pretrain_steps, continue_steps=continue_steps,
                      cp_rate=cp_rate, speed_repeats=speed_repeats)
@@ -345,7 +356,8 @@ def run_comparison(jobs: stages_lib.Jobs, *, work_dir: str, targets: Sequence[fl
   settings = {"run_file": run_file, "targets": list(targets), "seeds": list(seeds),
               "pretrain_steps": None if byt5_checkpoint else pretrain_steps,
               "byt5_checkpoint": byt5_checkpoint, "continue_steps": continue_steps,
-              "cp_rate": cp_rate, "extra_bindings": list(extra_bindings)}
+              "cp_rate": cp_rate, "architectures": sorted({r.architecture for r in runs}),
+              "extra_bindings": list(extra_bindings)}
   if ran.interrupted:
     return {"settings": settings, "interrupted": ran.interrupted}
   rows = [run_row(run, ran.records[run.name], ran.records[f"eval.{run.name}"]) for run in runs]

@@ -3,7 +3,7 @@ shardings are the partitioning rules', its FLOPs the hand count's), and the TPU 
 without libtpu refused with a clear message."""
 import pytest
 
-from mrt5_jax.studies import memory
+from mrt5_jax.studies import compiled
 from tests.fixtures import run_check_script, run_cli
 
 
@@ -57,11 +57,36 @@ def test_rows_count_the_hand_flops_at_every_loop_and_partitioning(report):
 
 
 @pytest.mark.slow
+def test_inference_programs_count_the_hand_flops_of_every_bucket_and_the_packed_rows(report):
+  (result,) = report["inference"]
+  assert (result["num_data_partitions"], result["num_partitions"]) == (4, 2)
+  # stage one's output (hidden, gate, mask) stays on the data axis: no gather before stage two
+  assert all(spec.startswith("('data'") for spec in result["stage_one_output_specs"]), result
+  programs = {row["program"]: row for row in result["programs"]}
+  assert list(programs) == ["encode_full", "stage_one", "stage_two@16", "stage_two@32",
+                            "stage_two@64", "stage_two_packed"]
+  for row in programs.values():
+    assert row["fits"] and row["peak_bytes_per_chip"] > 0
+    # the gate's projection is the only matmul model.flops leaves out (stage one, full)
+    assert row["flops"] == pytest.approx(row["hand_flops"], rel=5e-3), row
+  # tiny: 4 encoder layers, one before the gate and three after it
+  full, one = programs["encode_full"]["flops"], programs["stage_one"]["flops"]
+  assert one == pytest.approx(full / 4, rel=5e-3)
+  assert programs["stage_two@64"]["flops"] == pytest.approx(full * 3 / 4, rel=5e-3)
+  batch = result["batch"]
+  assert batch["bucket"] >= batch["longest_kept"] and batch["runs"]["bucketed"] == (
+      f"stage_two@{batch['bucket']}")
+  expected = full / (one + programs[batch["runs"]["packed"]]["flops"])
+  assert batch["packed_flop_speedup"] == pytest.approx(expected)
+  assert 1.0 < batch["bucketed_flop_speedup"] <= batch["exact_flop_speedup"]
+
+
+@pytest.mark.slow
 def test_tpu_target_without_libtpu_is_refused_clearly():
   small = ["compile", "--target", "tpu", "--topology", "v4:2x2x1", "--size", "tiny",
            "--length", "64", "--batch", "8", "--microbatches", "1", "--remat", "none"]
   out = run_cli("mrt5_jax.cli.bench", *small)
-  if memory.libtpu_available():
+  if compiled.libtpu_available():
     assert out.returncode == 0, out.stderr[-2000:]
     assert "TPU v4" in out.stdout
   else:

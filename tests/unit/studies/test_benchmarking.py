@@ -127,19 +127,19 @@ class Raising:
 
 
 def test_a_program_that_does_not_fit_is_reported_with_what_xla_said_it_needs():
-  from mrt5_jax.studies import memory as memory_benchmarking
-  stats = memory_benchmarking.memory_stats(Raising(
+  from mrt5_jax.studies import compiled
+  stats = compiled.memory_stats(Raising(
       "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
       "temporaries (189.19G) exceeds available HBM (15.25G)."))
   assert not stats.fits
   assert stats.peak_bytes == int(189.19 * 1024 ** 3)
   assert stats.capacity_bytes == int(15.25 * 1024 ** 3)
   assert "does not fit" in stats.describe()
-  older = memory_benchmarking.memory_stats(Raising(
+  older = compiled.memory_stats(Raising(
       "RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 41.50G of 30.75G hbm."))
   assert (older.fits, older.needed_bytes) == (False, int(41.5 * 1024 ** 3))
   with pytest.raises(RuntimeError, match="something else"):
-    memory_benchmarking.memory_stats(Raising("INVALID_ARGUMENT: something else"))
+    compiled.memory_stats(Raising("INVALID_ARGUMENT: something else"))
 
 
 def test_bench_cli_validates_its_flags():

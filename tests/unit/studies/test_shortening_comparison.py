@@ -21,6 +21,15 @@ def test_plan_gives_cp_matched_partners_and_byt5_once_per_seed():
   assert len(study.plan_runs([0.75], [3], cp_rate=4)) == 6
 
 
+def test_a_subset_of_architectures_still_runs_byt5_and_cp_brings_its_target():
+  names = [run.name for run in study.plan_runs([0.5], [0], 4, architectures=["mrt5", "cp"])]
+  assert names == ["s0.byt5", "s0.mrt5@0.5", "s0.mrt5@0.75", "s0.cp@0.75"]
+  names = [run.name for run in study.plan_runs([0.5], [0], 4, architectures=["random"])]
+  assert names == ["s0.byt5", "s0.random@0.5"]  # no CP, so no CP target
+  with pytest.raises(ValueError, match="unknown architectures.*'mamba'"):
+    study.plan_runs([0.5], [0], 4, architectures=["mrt5", "mamba"])
+
+
 def test_every_architecture_shortens_at_the_same_layer_with_its_rate():
   expected = {"byt5": ("none", 0.0), "mrt5": ("scaled_sigmoid", None),
               "random": ("random", 0.3), "fixed": ("fixed", 0.3), "bp": ("boundary", 0.7),
@@ -59,6 +68,11 @@ def test_stages_continue_the_one_pretrained_byt5_with_per_seed_data_order(tmp_pa
     if stage.kind == "train":
       assert init in stage.bindings and "train/DatasetConfig.seed = 7" in stage.bindings
       assert "TRAIN_STEPS = 3" in stage.bindings
+  # every model, ByT5 included, is timed against the seed's continued ByT5
+  reference = f"evaluate.speed_reference_dir = '{tmp_path / 's7.byt5'}'"
+  for stage in plan[1:]:
+    if stage.kind == "evaluate":
+      assert reference in stage.bindings and "evaluate.speed_batches = 1" in stage.bindings
   given = study.plan_stages(str(tmp_path), runs, byt5_checkpoint="/ckpt/byt5", pretrain_steps=5,
                             continue_steps=3, cp_rate=4, speed_repeats=1)
   assert given[0].name == "s7.byt5" and "INIT_CHECKPOINT = '/ckpt/byt5'" in given[0].bindings
