@@ -1,5 +1,5 @@
-"""Run as a script: ``mrt5-bench compile``'s train step and hard-deletion inference programs
-on an 8-device CPU topology.
+"""Run as a script: ``mrt5-bench compile``'s train step, hard-deletion inference programs and
+(where t5x is installed) t5x's MrT5Model step on an 8-device CPU topology.
 
 XLA_FLAGS must be set before jax starts, so tests/integration/test_pod_compile.py runs this in
 a subprocess and reads the JSON it prints: whether the compiled step's input and output
@@ -19,6 +19,7 @@ import jax  # noqa: E402
 from mrt5_jax.inference.encode_path import InferenceConfig  # noqa: E402
 from mrt5_jax.studies import inference_compile  # noqa: E402
 from mrt5_jax.studies import pod_compile  # noqa: E402
+from mrt5_jax.studies import t5x_compile  # noqa: E402
 
 
 def specs(tree):
@@ -76,6 +77,14 @@ def main():
       inference=InferenceConfig(min_bucket_length=16))
   report["inference"] = inference_compile.run_inference_compile(
       [inference], target="host", topology="cpu:8", log=lambda line: None)
+  if t5x_compile.t5x_available():  # the t5x environment: t5x's step on the same slice
+    t5x_grid = [pod_compile.Setting("tiny", 64, 16, 32, num_partitions=2, num_microbatches=m)
+                for m in (1, 4)]
+    report["t5x"] = t5x_compile.run_t5x_compile(t5x_grid, target="host", topology="cpu:8",
+                                                log=lambda line: None)
+    report["t5x_project_rows"] = [
+        pod_compile.compile_setting(setting, devices, topology="cpu:8")
+        for setting in t5x_grid if setting.num_microbatches == 1]
   print(json.dumps(report))
 
 

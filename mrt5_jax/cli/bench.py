@@ -25,7 +25,7 @@
   mrt5-bench compile   [--target tpu|host] [--topology v4:2x2x2] [--size small]
                        [--length 1024] [--batch 1024] [--partitions 1,2] [--microbatches 1,4]
                        [--remat none,full] [--attention dense] [--scan_layers]
-                       [--optimizer adafactor] [--search] [--programs train,inference]
+                       [--optimizer adafactor] [--search] [--programs train,t5x,inference]
                        [--rate_spread 0.05] [--bucket_step 0] [--min_bucket_length 64]
                        [--output F]
 
@@ -56,9 +56,11 @@ or this host's devices, over partitionings x micro-batches x remat x
 attention: peak memory per chip and whether it fits, FLOPs and collective
 bytes from the compiled HLO against a hand count, a roofline step time and
 MFU; ``--search`` stops each family at its first fitting micro-batch count;
-``--programs inference`` compiles the hard-deletion encoder programs (full
-length, stage one, each bucket, packed) for the same slice, with the speedup
-their counted FLOPs and roofline times imply (docs/memory_and_long_inputs.md).
+``--programs t5x`` compiles t5x's ``MrT5Model`` step the same way (run from
+the t5x environment); ``--programs inference`` compiles the hard-deletion
+encoder programs (full length, stage one, each bucket, packed) for the same
+slice, with the speedup their counted FLOPs and roofline times imply
+(docs/memory_and_long_inputs.md).
 """
 from __future__ import annotations
 
@@ -80,6 +82,7 @@ from mrt5_jax.studies import inference_speed
 from mrt5_jax.studies import memory as memory_benchmarking
 from mrt5_jax.studies import pod_compile
 from mrt5_jax.studies import shortening_comparison
+from mrt5_jax.studies import t5x_compile
 from mrt5_jax.studies import train_step_speed
 from mrt5_jax.model.config import REMAT_POLICIES, SIZES
 
@@ -197,8 +200,9 @@ def _parser() -> argparse.ArgumentParser:
   compile_.add_argument("--search", action="store_true",
                         help="per family, micro-batch counts only until one fits")
   compile_.add_argument("--programs", default="train",
-                        help="train, inference (the hard-deletion encoder programs: stage one, "
-                        "each bucket, packed), or both")
+                        help="comma-separated: train (the project trainer's step), t5x (t5x's "
+                        "MrT5Model step; needs t5x), inference (the hard-deletion encoder "
+                        "programs: full length, stage one, each bucket, packed)")
   compile_.add_argument("--rate_spread", type=float, default=0.05,
                         help="inference: sd of the rows' deletion rates around "
                         "--target_deletion_rate (the packing plan's batch)")
@@ -320,11 +324,15 @@ def _run_compile(args) -> dict:
       microbatches=_ints(args.microbatches, "--microbatches"), remat_policies=policies,
       attention=attention, scan_layers=args.scan_layers, optimizer=args.optimizer)
   programs = {p for p in args.programs.split(",") if p}
-  if not programs or programs - {"train", "inference"}:
-    raise SystemExit(f"--programs must come from train,inference, got {args.programs!r}")
+  if not programs or programs - {"train", "t5x", "inference"}:
+    raise SystemExit(f"--programs must come from train,t5x,inference, got {args.programs!r}")
   result = pod_compile.run_compile_benchmark(
       settings if "train" in programs else [], target=args.target, topology=args.topology,
       search=args.search, target_deletion_rate=args.target_deletion_rate)
+  if "t5x" in programs:
+    result["t5x_rows"] = t5x_compile.run_t5x_compile(
+        settings, target=args.target, topology=args.topology,
+        target_deletion_rate=args.target_deletion_rate)
   if "inference" in programs:
     inference = InferenceConfig(bucket_step=args.bucket_step,
                                 min_bucket_length=args.min_bucket_length)

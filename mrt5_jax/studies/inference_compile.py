@@ -13,17 +13,16 @@ batch on the data axis:
                      rows packed into fewer rows (the packing plan of a batch
                      whose rows delete N(rate, spread) of their positions)
 
-Per program: peak memory per chip against the chip's HBM, matmul FLOPs and
-collective bytes counted in the compiled HLO (``hlo_cost``) beside the hand
-count of ``model.flops``, a roofline time (``pod_compile.roofline``) and the
-compile time. Per batch: which stage-two program each mode runs and the
+Per program (``pod_compile.measure_program``; a "step" is one call): peak
+memory per chip against the chip's HBM, matmul FLOPs and collective bytes
+counted in the compiled HLO (``hlo_cost``) beside the hand count of
+``model.flops``, a roofline time and the compile time. Per batch: which stage-two program each mode runs and the
 encoder speedup over full length that the counted FLOPs and the roofline
 estimates imply.
 """
 from __future__ import annotations
 
 import dataclasses
-import time
 from typing import Any, Callable, Sequence
 
 import jax
@@ -33,8 +32,6 @@ import numpy as np
 from mrt5_jax.inference.encode_path import EncodePath, InferenceConfig, bucket_lengths
 from mrt5_jax.model import flops as flops_lib
 from mrt5_jax.model.network import Transformer
-from mrt5_jax.studies import hlo_cost
-from mrt5_jax.studies import compiled as compiled_lib
 from mrt5_jax.studies import pod_compile
 from mrt5_jax.studies.pod_compile import GIB, Setting
 
@@ -65,28 +62,11 @@ def _with_shardings(shapes, shardings):
       shapes, shardings)
 
 
-def _program_row(name: str, lowered, *, chip, chips: int, hand_flops: float, rows: int,
+def _program_row(name: str, lowered, devices: Sequence, *, hand_flops: float, rows: int,
                  length: int) -> tuple[dict[str, Any], Any]:
-  start = time.perf_counter()
-  compiled, memory = compiled_lib.compile_with_memory(lowered)
-  row: dict[str, Any] = {
-      "program": name, "rows": rows, "length": length,
-      "peak_bytes_per_chip": memory.peak_bytes,
-      "fits": bool(memory.fits and (chip is None or memory.peak_bytes <= chip.hbm_bytes)),
-      "hand_flops": hand_flops, "flops": None, "collective_bytes": None,
-      "estimated_seconds": None, "compile_seconds": time.perf_counter() - start}
-  if compiled is None:
-    return row, None
-  cost = hlo_cost.program_cost(compiled.as_text())
-  row.update(flops=cost.matmul_flops * chips, collective_bytes=cost.total_collective_bytes * chips)
-  if chip is not None:
-    xla = compiled.cost_analysis()
-    xla = (xla[0] if isinstance(xla, (list, tuple)) else xla) or {}
-    estimate = pod_compile.roofline(chip, cost, float(xla.get("flops", 0.0)),
-                                    float(xla.get("bytes accessed", 0.0)), hand_flops, chips)
-    row["estimated_seconds"] = estimate["estimated_step_seconds"]
-    row["bound_by"] = estimate["bound_by"]
-  return row, compiled
+  measured, compiled = pod_compile.measure_program(lowered, devices, hand_flops)
+  return {"program": name, "rows": rows, "length": length,
+          "hand_flops_per_step": hand_flops, **measured}, compiled
 
 
 def compile_inference(setting: InferenceSetting, devices: Sequence, *,
@@ -107,8 +87,6 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
   tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=partitioner.data_sharding)
   path = EncodePath(Transformer(config), setting.inference, num_groups=partitioner.data_size)
   programs = path.programs
-  chip = pod_compile.chip_for(devices[0])
-  chips = len(devices)
   gate, layers = config.gate_layer, config.num_encoder_layers
 
   def after_gate(rows: int, run_length: int) -> float:
@@ -118,12 +96,12 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
   with partitioner.context():
     row, _ = _program_row(
         "encode_full", programs["encode_once"].lower(params, tokens, None, None, "soft", None),
-        chip=chip, chips=chips, hand_flops=batch * flops_lib.encoder_flops(config, length),
+        devices, hand_flops=batch * flops_lib.encoder_flops(config, length),
         rows=batch, length=length)
     rows_out.append(row)
     lowered_one = programs["stage_one"].lower(params, tokens, None, None)
     row, compiled_one = _program_row(
-        "stage_one", lowered_one, chip=chip, chips=chips,
+        "stage_one", lowered_one, devices,
         hand_flops=batch * gate * flops_lib.layer_flops(length, config), rows=batch,
         length=length)
     rows_out.append(row)
@@ -137,7 +115,7 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
       row, _ = _program_row(
           f"stage_two@{bucket}", programs["stage_two"].lower(params, reading, tokens, None,
                                                              "hard", bucket),
-          chip=chip, chips=chips, hand_flops=after_gate(batch, bucket), rows=batch,
+          devices, hand_flops=after_gate(batch, bucket), rows=batch,
           length=bucket)
       row["bucket"] = bucket
       rows_out.append(row)
@@ -151,7 +129,7 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
     row, _ = _program_row(
         "stage_two_packed", programs["stage_two_packed"].lower(params, reading, tokens, None,
                                                                abstract_plan, unpacked),
-        chip=chip, chips=chips, hand_flops=after_gate(plan.packed_rows, plan.row_length),
+        devices, hand_flops=after_gate(plan.packed_rows, plan.row_length),
         rows=plan.packed_rows, length=plan.row_length)
     rows_out.append(row)
   by_name = {r["program"]: r for r in rows_out}
@@ -168,14 +146,12 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
                                    for k in kept))}
   full = by_name["encode_full"]
   for mode, program in runs.items():
-    two, one = by_name[program], by_name["stage_one"]
-    if None not in (two["flops"], one["flops"], full["flops"]):
-      batch_summary[f"{mode}_flop_speedup"] = full["flops"] / (one["flops"] + two["flops"])
-    if None not in (two["estimated_seconds"], one["estimated_seconds"],
-                    full["estimated_seconds"]):
-      batch_summary[f"{mode}_estimated_speedup"] = full["estimated_seconds"] / (
-          one["estimated_seconds"] + two["estimated_seconds"])
-  return {"size": base.size, "topology": topology, "chips": chips,
+    parts = (full, by_name["stage_one"], by_name[program])
+    for figure, name in (("flops_per_step", "flop"), ("estimated_step_seconds", "estimated")):
+      if None not in [part[figure] for part in parts]:
+        batch_summary[f"{mode}_{name}_speedup"] = parts[0][figure] / (
+            parts[1][figure] + parts[2][figure])
+  return {"size": base.size, "topology": topology, "chips": len(devices),
           "device_kind": getattr(devices[0], "device_kind", str(devices[0])),
           "global_batch": batch, "input_length": length,
           "num_partitions": base.num_partitions, "num_data_partitions": partitioner.data_size,
@@ -211,10 +187,11 @@ def describe(result: dict) -> list[str]:
     text = (f"  {row['program']:<18} {row['rows']:>5} x {row['length']:<5} peak "
             f"{row['peak_bytes_per_chip'] / GIB:.2f} GiB/chip"
             f"{'' if row['fits'] else ' (does not fit)'}")
-    if row["flops"] is not None:
-      text += f", {row['flops'] / 1e12:.2f} TFLOP (hand {row['hand_flops'] / 1e12:.2f})"
-    if row["estimated_seconds"] is not None:
-      text += f", est. {row['estimated_seconds'] * 1e3:.1f} ms"
+    if row["flops_per_step"] is not None:
+      text += (f", {row['flops_per_step'] / 1e12:.2f} TFLOP "
+               f"(hand {row['hand_flops_per_step'] / 1e12:.2f})")
+    if row["estimated_step_seconds"] is not None:
+      text += f", est. {row['estimated_step_seconds'] * 1e3:.1f} ms"
     lines.append(text + f", compiled in {row['compile_seconds']:.1f} s")
   b = result["batch"]
   speedups = ", ".join(f"{key.replace('_', ' ')} {value:.2f}x" for key, value in b.items()

@@ -137,38 +137,26 @@ def lower_train_step(trainer: Trainer, setting: Setting):
                                               setting.target_length))
 
 
-def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
-                    objective=None, controller=None,
-                    target_deletion_rate: float = 0.5) -> dict[str, Any]:
-  """Compile one setting's train step; the row ``mrt5-bench compile`` reports."""
-  if objective is None or controller is None:
-    objective, controller = shipped_deletion_control(target_deletion_rate)
-  trainer = build_trainer(setting, devices, objective, controller)
-  config = trainer.config
+def measure_program(lowered, devices: Sequence, useful_flops: float) -> tuple[dict[str, Any], Any]:
+  """Compile ``lowered`` for ``devices``: (its row, the compiled program or None when it does
+  not fit). Per chip: XLA's peak memory against the chip's HBM; for the whole slice: the
+  matmul FLOPs and collective bytes counted in the HLO, XLA's own FLOP count; the roofline
+  step time and the MFU of ``useful_flops`` (on chips with published figures)."""
+  chip = chip_for(devices[0])
   chips = len(devices)
   start = time.perf_counter()
-  compiled, memory = compiled_lib.compile_with_memory(lower_train_step(trainer, setting))
-  compile_seconds = time.perf_counter() - start
-  chip = chip_for(devices[0])
+  compiled, memory = compiled_lib.compile_with_memory(lowered)
   hbm = chip.hbm_bytes if chip else (memory.capacity_bytes or None)
   row: dict[str, Any] = {
-      **dataclasses.asdict(setting), "topology": topology, "chips": chips,
-      "device_kind": getattr(devices[0], "device_kind", str(devices[0])),
-      "num_data_partitions": trainer.partitioner.data_size,
-      "parameters": _parameter_count(trainer, setting),
       "peak_bytes_per_chip": memory.peak_bytes, "hbm_bytes_per_chip": hbm,
       "fits": bool(memory.fits and (hbm is None or memory.peak_bytes <= hbm)),
-      "hand_flops_per_step": hand_flops(config, setting),
-      "hand_flops_hard_step": hand_flops(
-          config, setting, kept=round(setting.input_length * (1 - controller.target_deletion_rate))),
-      "hard_delete_train_prob": objective.hard_delete_train_prob,
-      "compile_seconds": compile_seconds,
+      "compile_seconds": time.perf_counter() - start,
       "flops_per_step": None, "xla_cost_flops_per_step": None,
       "collective_bytes_per_step": None, "collective_bytes_by_kind": None,
       "loops_counted_once": None,
       "estimated_step_seconds": None, "estimated_mfu": None, "bound_by": None}
   if compiled is None:
-    return row
+    return row, None
   cost = hlo_cost.program_cost(compiled.as_text())
   xla = compiled.cost_analysis()
   xla = (xla[0] if isinstance(xla, (list, tuple)) else xla) or {}
@@ -180,8 +168,29 @@ def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
       loops_counted_once=len(cost.unknown_trip_counts))
   if chip is not None:
     row.update(roofline(chip, cost, float(xla.get("flops", 0.0)),
-                        float(xla.get("bytes accessed", 0.0)), row["hand_flops_per_step"], chips))
-  return row
+                        float(xla.get("bytes accessed", 0.0)), useful_flops, chips))
+  return row, compiled
+
+
+def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
+                    objective=None, controller=None,
+                    target_deletion_rate: float = 0.5) -> dict[str, Any]:
+  """Compile one setting's train step; the row ``mrt5-bench compile`` reports."""
+  if objective is None or controller is None:
+    objective, controller = shipped_deletion_control(target_deletion_rate)
+  trainer = build_trainer(setting, devices, objective, controller)
+  config = trainer.config
+  hand = hand_flops(config, setting)
+  measured, _ = measure_program(lower_train_step(trainer, setting), devices, hand)
+  return {
+      **dataclasses.asdict(setting), "topology": topology, "chips": len(devices),
+      "device_kind": getattr(devices[0], "device_kind", str(devices[0])),
+      "num_data_partitions": trainer.partitioner.data_size,
+      "parameters": _parameter_count(trainer, setting),
+      "hand_flops_per_step": hand,
+      "hand_flops_hard_step": hand_flops(
+          config, setting, kept=round(setting.input_length * (1 - controller.target_deletion_rate))),
+      "hard_delete_train_prob": objective.hard_delete_train_prob, **measured}
 
 
 def roofline(chip: Chip, cost: hlo_cost.ProgramCost, xla_flops: float, xla_bytes: float,

@@ -4,6 +4,7 @@ without libtpu refused with a clear message."""
 import pytest
 
 from mrt5_jax.studies import compiled
+from mrt5_jax.studies import t5x_compile
 from tests.fixtures import run_check_script, run_cli
 
 
@@ -68,17 +69,45 @@ def test_inference_programs_count_the_hand_flops_of_every_bucket_and_the_packed_
   for row in programs.values():
     assert row["fits"] and row["peak_bytes_per_chip"] > 0
     # the gate's projection is the only matmul model.flops leaves out (stage one, full)
-    assert row["flops"] == pytest.approx(row["hand_flops"], rel=5e-3), row
+    assert row["flops_per_step"] == pytest.approx(row["hand_flops_per_step"], rel=5e-3), row
   # tiny: 4 encoder layers, one before the gate and three after it
-  full, one = programs["encode_full"]["flops"], programs["stage_one"]["flops"]
+  full, one = programs["encode_full"]["flops_per_step"], programs["stage_one"]["flops_per_step"]
   assert one == pytest.approx(full / 4, rel=5e-3)
-  assert programs["stage_two@64"]["flops"] == pytest.approx(full * 3 / 4, rel=5e-3)
+  assert programs["stage_two@64"]["flops_per_step"] == pytest.approx(full * 3 / 4, rel=5e-3)
   batch = result["batch"]
   assert batch["bucket"] >= batch["longest_kept"] and batch["runs"]["bucketed"] == (
       f"stage_two@{batch['bucket']}")
-  expected = full / (one + programs[batch["runs"]["packed"]]["flops"])
+  expected = full / (one + programs[batch["runs"]["packed"]]["flops_per_step"])
   assert batch["packed_flop_speedup"] == pytest.approx(expected)
   assert 1.0 < batch["bucketed_flop_speedup"] <= batch["exact_flop_speedup"]
+
+
+@pytest.mark.slow
+def test_t5x_step_compiles_on_the_slice_with_the_hand_flops(report):
+  """Only in the t5x environment (CI has no t5x: the refusal below is tested instead)."""
+  if not t5x_compile.t5x_available():
+    pytest.skip("t5x is not installed (launch/t5x_env.py)")
+  rows = {row["num_microbatches"]: row for row in report["t5x"]}
+  assert set(rows) == {1, 4}
+  for row in rows.values():
+    assert row["trainer"] == "t5x" and row["fits"]
+    assert (row["num_data_partitions"], row["num_partitions"]) == (4, 2)
+    # t5x's own micro-batch loop is counted at its trip count: the hand count either way
+    assert row["flops_per_step"] == pytest.approx(row["hand_flops_per_step"], rel=2e-3), row
+    assert row["collective_bytes_per_step"] > 0
+  # the same model under the two trainers: the same matmul FLOPs per step
+  (project,) = report["t5x_project_rows"]
+  assert rows[1]["flops_per_step"] == pytest.approx(project["flops_per_step"], rel=1e-3)
+
+
+def test_t5x_rows_without_t5x_are_refused_clearly():
+  if t5x_compile.t5x_available():
+    pytest.skip("t5x is installed: its rows compile (above)")
+  out = run_cli("mrt5_jax.cli.bench", "compile", "--target", "host", "--size", "tiny",
+                "--length", "64", "--batch", "8", "--microbatches", "1", "--remat", "none",
+                "--programs", "t5x")
+  assert out.returncode != 0
+  assert "needs t5x" in out.stderr and "launch/t5x_env.py" in out.stderr
 
 
 @pytest.mark.slow
