@@ -24,7 +24,7 @@ import dataclasses
 import re
 import string
 import zlib
-from typing import Callable, Dict, Mapping, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import gin
 import numpy as np
@@ -41,6 +41,7 @@ LOWERCASE_CONSONANTS = "".join(c for c in string.ascii_lowercase
                                if c not in VOWELS)
 VOWEL_LETTERS = "".join(c for c in LETTERS if c in VOWELS)
 PREFIX = "#"
+_BYTE_OFFSET = 3  # seqio.ByteVocabulary: pad, EOS and UNK come first
 SPLITS = ("train", "validation", "test")
 TASK_PREFIX = "mrt5.diagnostic"
 
@@ -57,6 +58,22 @@ def remove_vowels(text: str) -> str:
 def remove_vowels_after_lowercase_consonant(text: str) -> str:
   """Drops each vowel whose preceding input character is a lowercase consonant."""
   return _CONTEXTUAL_VOWEL_RE.sub("", text)
+
+
+def droppable_positions(task: str, tokens: np.ndarray) -> Optional[np.ndarray]:
+  """(B, L) bool: the input bytes the task's rule drops (ByteVocabulary ids, byte + 3):
+  every vowel for ``vowel_removal``, each vowel after a lowercase consonant for
+  ``contextual_vowel_removal``; None for a task that drops no single byte."""
+  tokens = np.asarray(tokens)
+  ids = lambda letters: [ord(c) + _BYTE_OFFSET for c in letters]
+  vowels = np.isin(tokens, ids(VOWEL_LETTERS))
+  if task == "vowel_removal":
+    return vowels
+  if task == "contextual_vowel_removal":
+    after_consonant = np.zeros_like(vowels)
+    after_consonant[:, 1:] = np.isin(tokens[:, :-1], ids(LOWERCASE_CONSONANTS))
+    return vowels & after_consonant
+  return None
 
 
 def merge_abc(text: str) -> str:

@@ -3,7 +3,9 @@
 Each run trains with ``jobs.train.train`` from gin (a run file plus bindings) and
 reports what the README's deletion-control table shows: the evaluation's
 deletion rate, soft and hard cross entropy, hard accuracy, the steps and wall
-time, and how much of the run the rate spent above 0.95 (collapse).
+time, how much of the run the rate spent above 0.95 (collapse), and on the
+diagnostic tasks whether the gate deletes what the task drops (the vowel share
+of the deleted positions, and the share of the droppable vowels deleted).
 
 Tasks:
   vowel_removal, contextual_vowel_removal: the diagnostic tasks from scratch
@@ -22,12 +24,20 @@ import json
 import logging
 import os
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import gin
+import numpy as np
 
+from mrt5_jax.checkpointing import loading
+from mrt5_jax.data import eval_pipeline
+from mrt5_jax.data import pipeline as data_lib
+from mrt5_jax.inference.encode_path import EncodePath
 from mrt5_jax.jobs import gin_files as gin_files_lib
 from mrt5_jax.jobs import train as train_job
+from mrt5_jax.model.network import Transformer
+from mrt5_jax.model.shortening.base import deleted_positions
+from mrt5_jax.tasks import diagnostic
 
 logger = logging.getLogger("mrt5_jax")
 
@@ -79,6 +89,8 @@ class StudyRow:
   final_alpha: float
   rate_trace: list
   gateless_cross_entropy: Optional[float] = None
+  droppable_share: Optional[float] = None
+  droppable_deleted: Optional[float] = None
 
   @property
   def hard_within_bound(self) -> bool:
@@ -90,13 +102,43 @@ class StudyRow:
 OTHER_JOBS = ("evaluate", "inspect_deletion")
 
 
-def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str]):
+def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str],
+           measure: Optional[Callable[[Any, data_lib.DatasetConfig], dict]] = None):
+  """Train with the parsed files; ``measure(result, eval dataset)`` runs after, on the
+  same configuration. Returns (the train result, what ``measure`` returned)."""
   gin.clear_config()
   gin_files_lib.parse([run_file, *gin_files], list(bindings), skip_unknown=OTHER_JOBS)
   try:
-    return train_job.train()
+    result = train_job.train()
+    if measure is None:
+      return result, {}
+    with gin.config_scope("eval"):
+      dataset = data_lib.DatasetConfig()
+    return result, measure(result, dataset)
   finally:
     gin.clear_config()
+
+
+def droppable_figures(task: str, model_dir: str, dataset: data_lib.DatasetConfig,
+                      num_batches: Optional[int] = 8) -> dict[str, Optional[float]]:
+  """What the trained gate deletes against what the task drops, on ``dataset``'s first
+  ``num_batches`` batches: ``droppable_share`` (of the deleted positions, the share the
+  task drops: the vowel share on vowel removal) and ``droppable_deleted`` (of the
+  positions the task drops, the share deleted). None for tasks without such bytes."""
+  loaded = loading.load_model(model_dir)
+  path = EncodePath(Transformer(loaded.config))
+  threshold = loaded.config.deletion_threshold
+  counts = np.zeros(3, np.int64)  # deleted, deleted and droppable, droppable
+  for batch, real_rows in eval_pipeline.padded_batches(dataset, num_batches):
+    tokens = batch["encoder_input_tokens"][:real_rows]
+    droppable = diagnostic.droppable_positions(task, tokens)
+    if droppable is None:
+      return {"droppable_share": None, "droppable_deleted": None}
+    reading, _ = path.read_gate(loaded.params, tokens)
+    deleted = np.asarray(deleted_positions(reading.gate, tokens > 0, threshold))
+    counts += [deleted.sum(), (deleted & droppable).sum(), droppable.sum()]
+  return {"droppable_share": float(counts[1] / max(counts[0], 1)),
+          "droppable_deleted": float(counts[1] / max(counts[2], 1))}
 
 
 def _row(task: str, recipe: str, target: float, result, wall: float) -> StudyRow:
@@ -147,8 +189,14 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
         bindings = [*base, f"MODEL_DIR = '{model_dir}'", f"TARGET_DELETION_RATE = {target}",
                     "train.tensorboard = False", *recipe.bindings, *extra_bindings]
         start = time.time()
-        result = _train(run_file, recipe.gin_files, bindings)
+        measure = None
+        if task != "span_corruption":
+          measure = lambda result, dataset, task=task: droppable_figures(
+              task, result.model_dir, dataset)
+        result, figures = _train(run_file, recipe.gin_files, bindings, measure)
         row = _row(task, recipe.name, target, result, time.time() - start)
+        row.droppable_share = figures.get("droppable_share")
+        row.droppable_deleted = figures.get("droppable_deleted")
         if task == "span_corruption":
           row.gateless_cross_entropy = gateless
         rows.append(row)
@@ -162,13 +210,13 @@ def _span_corruption_baselines(work_dir: str, pretrain_steps: int, continue_step
   returns (the pre-trained model dir, the continued ByT5's eval CE)."""
   no_gate = ["MrT5Config.deletion_type = 'none'", "train.tensorboard = False"]
   pretrained = os.path.join(work_dir, "span_corruption-byt5-pretrained")
-  result = _train("runs/local.gin", (), [
+  result, _ = _train("runs/local.gin", (), [
       *span_corruption_bindings(work_dir, pretrain_steps), f"MODEL_DIR = '{pretrained}'",
       *no_gate, *extra_bindings])
   log(f"ByT5-tiny pre-trained {result.step} steps: eval CE "
       f"{result.eval_metrics['soft']['cross_entropy_per_token']:.4f}")
   continued = os.path.join(work_dir, "span_corruption-byt5-continued")
-  result = _train("runs/local.gin", (), [
+  result, _ = _train("runs/local.gin", (), [
       *span_corruption_bindings(work_dir, continue_steps), f"MODEL_DIR = '{continued}'",
       f"train.init_checkpoint = '{pretrained}'", "train.reinit_gate = False", *no_gate,
       *extra_bindings])
@@ -180,12 +228,15 @@ def _span_corruption_baselines(work_dir: str, pretrain_steps: int, continue_step
 def markdown_table(rows: Sequence[StudyRow]) -> str:
   """The README table: one line per run."""
   lines = ["| task | recipe | target | eval deletion | soft CE | hard CE | hard accuracy | "
-           "hard <= 1.25 soft + 0.02 | steps | wall | time above 0.95 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "hard <= 1.25 soft + 0.02 | deleted the task drops | dropped deleted | steps | "
+           "wall | time above 0.95 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+  share = lambda value: "-" if value is None else f"{value:.0%}"
   for r in rows:
     lines.append(
         f"| {r.task} | {r.recipe} | {r.target:.2f} | {r.eval_deletion_rate:.3f} | "
         f"{r.soft_cross_entropy:.4f} | {r.hard_cross_entropy:.4f} | {r.hard_accuracy:.3f} | "
-        f"{'yes' if r.hard_within_bound else 'no'} | {r.steps} | {r.wall_seconds:.0f} s | "
+        f"{'yes' if r.hard_within_bound else 'no'} | {share(r.droppable_share)} | "
+        f"{share(r.droppable_deleted)} | {r.steps} | {r.wall_seconds:.0f} s | "
         f"{r.collapse_share:.0%} |")
   return "\n".join(lines)

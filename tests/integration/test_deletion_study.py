@@ -18,15 +18,18 @@ def test_shipped_recipe_holds_the_target_and_hard_deletion_matches_soft(tmp_path
   assert row.collapse_share <= 0.1, row
   assert row.hard_accuracy > 0.9, row
   assert len(row.rate_trace) == 30
-
+  # the gate's deletions are read against the vowels on the eval batches
+  assert 0.0 <= row.droppable_share <= 1.0 and 0.0 < row.droppable_deleted <= 1.0
 
 def test_table_and_unknown_task():
   row = deletion_control.StudyRow(
       task="vowel_removal", recipe="shipped", target=0.5, steps=10, eval_deletion_rate=0.49,
       soft_cross_entropy=0.1, hard_cross_entropy=0.2, hard_accuracy=0.9, wall_seconds=3.0,
-      collapse_share=0.0, final_alpha=0.01, rate_trace=[0.5])
+      collapse_share=0.0, final_alpha=0.01, rate_trace=[0.5], droppable_share=0.884,
+      droppable_deleted=0.731)
   assert not row.hard_within_bound  # 0.2 > 1.25 * 0.1 + 0.02
   table = deletion_control.markdown_table([row])
-  assert "| vowel_removal | shipped | 0.50 | 0.490 | 0.1000 | 0.2000 | 0.900 | no |" in table
+  assert ("| vowel_removal | shipped | 0.50 | 0.490 | 0.1000 | 0.2000 | 0.900 | no | 88% | 73% |"
+          in table)
   with pytest.raises(ValueError, match="unknown task"):
     deletion_control.run_study(["parsing"], [], [0.5], work_dir="/tmp/unused")

@@ -77,6 +77,27 @@ def test_targets_follow_the_rule(task):
     assert 8 < np.mean(removed) < 20
 
 
+@pytest.mark.parametrize("task", ["vowel_removal", "contextual_vowel_removal"])
+def test_droppable_positions_are_the_bytes_the_rule_removes(task):
+  """Removing the marked bytes of a tokenized input gives the reference rule's target."""
+  vocab = seqio.ByteVocabulary()
+  texts = [ex["inputs"].decode() for ex in _examples(task, "validation")[:20]]
+  texts.append("#bEaxABEaE")  # hand-picked contexts: bE and xA go, BE, Ea and aE stay
+  length = max(len(t) for t in texts) + 2
+  tokens = np.zeros((len(texts), length), np.int32)
+  for row, text in enumerate(texts):
+    ids = vocab.encode(text)
+    tokens[row, :len(ids)] = ids
+  droppable = diagnostic.droppable_positions(task, tokens)
+  for row, text in enumerate(texts):
+    kept = [c for c, drop in zip(text, droppable[row]) if not drop]
+    assert "".join(kept) == reference_rule(task, text), text
+    assert not droppable[row, len(text):].any()
+  assert reference_rule(task, "#bEaxABEaE") == (
+      "#bxB" if task == "vowel_removal" else "#baxBEaE")
+  assert diagnostic.droppable_positions("merge_abc", tokens) is None
+
+
 def test_splits_are_deterministic_and_seeds_differ():
   first = _examples("vowel_removal", "validation", n=20)
   again = _examples("vowel_removal", "validation", n=20)
