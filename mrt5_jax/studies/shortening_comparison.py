@@ -240,7 +240,7 @@ def _pm(mean, sd, spec=".4f") -> str:
 def markdown_table(summary: Sequence[dict]) -> str:
   """One line per (architecture, target): mean ± sd over seeds."""
   lines = ["| architecture | target | reduction | soft CE | hard CE | hard CE - ByT5 (paired) | "
-           "enc speedup | FLOP ideal | seeds |",
+           "encoder speedup over ByT5 | FLOP ideal | seeds |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   for s in sorted(summary, key=lambda s: (s["target"] or 0.0, ARCHITECTURES.index(
       s["architecture"]))):
