@@ -60,6 +60,12 @@ class _Instruction:
   type_text: str
   op: str
   rest: str
+  root: bool = False
+
+  @property
+  def operands(self) -> list[str]:
+    """Names of the operands (compiled HLO prints them without types)."""
+    return re.findall(r"%([\w.\-]+)", self.rest.split(")", 1)[0])
 
 
 @dataclasses.dataclass
@@ -86,16 +92,25 @@ def parse(hlo_text: str) -> dict[str, _Computation]:
       continue
     instruction = _INSTRUCTION.match(line)
     if instruction:
-      current.instructions.append(_Instruction(*instruction.groups()))
+      current.instructions.append(_Instruction(*instruction.groups(),
+                                               root=line.lstrip().startswith("ROOT")))
   return computations
 
 
 @dataclasses.dataclass(frozen=True)
 class ProgramCost:
-  """Per device, per run of the program."""
+  """Per device, per run of the program.
+
+  hbm_bytes: memory traffic, each top-level op (a fusion, a copy, an unfused
+  op) reading its operands and writing its result once, loops at their trip
+  counts; a slice read through ``dynamic-slice`` counts the slice, an in-place
+  ``dynamic-update-slice`` the update (the layers of a scan, the micro-batches
+  of a step).
+  """
   matmul_flops: float
   collective_bytes: dict  # op kind -> bytes of its results
   unknown_trip_counts: tuple = ()  # while ops counted once: no trip count could be read
+  hbm_bytes: float = 0.0
 
   @property
   def total_collective_bytes(self) -> float:
@@ -110,21 +125,25 @@ def program_cost(hlo_text: str) -> ProgramCost:
     raise ValueError(f"expected one ENTRY computation in the HLO text, found {len(entry)}")
 
   @functools.lru_cache(maxsize=None)
-  def cost(name: str) -> tuple[float, tuple]:
+  def cost(name: str) -> tuple[float, tuple, float]:
+    """(matmul FLOPs, collective bytes by kind, HBM bytes of its top-level ops)."""
     computation = computations.get(name)
     if computation is None:
-      return 0.0, ()
+      return 0.0, (), 0.0
     shapes = {i.name: i.type_text for i in computation.instructions}
-    flops, moved = 0.0, {}
+    flops, moved, traffic = 0.0, {}, 0.0
 
-    def add(sub_flops, sub_moved, times=1):
-      nonlocal flops
+    def add(sub_flops, sub_moved, sub_traffic=0.0, times=1, with_traffic=True):
+      nonlocal flops, traffic
       flops += times * sub_flops
+      if with_traffic:
+        traffic += times * sub_traffic
       for kind, value in sub_moved:
         moved[kind] = moved.get(kind, 0) + times * value
 
     for inst in computation.instructions:
       op = inst.op
+      traffic += _traffic(inst, shapes, computations)
       if op == "dot":
         lhs = re.search(r"%([\w.\-]+)", inst.rest)
         contracting = _CONTRACTING.search(inst.rest)
@@ -166,8 +185,9 @@ def program_cost(hlo_text: str) -> ProgramCost:
         continue
       for match in _CALLEE_KEYS.finditer(inst.rest):
         if match.group(1) in ("calls", "to_apply"):
-          add(*cost(match.group(2)))
-    return flops, tuple(sorted(moved.items()))
+          # a fusion's or reducer's ops stay on chip; a called computation's are top level
+          add(*cost(match.group(2)), with_traffic=op == "call")
+    return flops, tuple(sorted(moved.items())), traffic
 
   def _bound_of(condition: str) -> Optional[int]:
     """The loop bound of a ``while`` condition ``i < N`` (JAX's loops count from 0):
@@ -190,8 +210,72 @@ def program_cost(hlo_text: str) -> ProgramCost:
     return constants[0] if has_less_than and len(set(constants)) == 1 else None
 
   unknown: list[str] = []
-  flops, moved = cost(entry[0].name)
-  return ProgramCost(flops, dict(moved), tuple(unknown))
+  flops, moved, traffic = cost(entry[0].name)
+  return ProgramCost(flops, dict(moved), tuple(unknown), traffic)
+
+
+# Ops that move no data of their own (views, control flow whose bodies are counted,
+# the second half of async pairs) or move it between chips (counted as collectives).
+_NO_TRAFFIC = {"parameter", "get-tuple-element", "tuple", "bitcast", "constant", "while",
+               "conditional", "call", "after-all", "partition-id", "replica-id",
+               "opt-barrier", "add-dependency"}
+
+
+def _traffic(inst: _Instruction, shapes: dict[str, str],
+             computations: dict[str, _Computation]) -> float:
+  """HBM bytes of one top-level op: its operands read and its result written once."""
+  op = inst.op
+  kind = op[:-len("-start")] if op.endswith("-start") else op
+  if op in _NO_TRAFFIC or op.endswith("-done") or kind in COLLECTIVES:
+    return 0.0
+  operand_bytes = [_bytes(shapes.get(o, "")) for o in inst.operands]
+  if op == "copy-start":
+    return 2.0 * sum(operand_bytes[:1])
+  if op == "dynamic-slice":
+    return 2.0 * _bytes(inst.type_text)
+  if op == "dynamic-update-slice":
+    return 2.0 * (operand_bytes[1] if len(operand_bytes) > 1 else 0)
+  if op == "fusion":
+    callee = re.search(r"\bcalls=%([\w.\-]+)", inst.rest)
+    fused = computations.get(callee.group(1)) if callee else None
+    if fused is not None:
+      return _fusion_traffic(fused, inst, operand_bytes)
+  return float(_bytes(inst.type_text) + sum(operand_bytes))
+
+
+def _fusion_traffic(fused: _Computation, inst: _Instruction, operand_bytes: list[int]) -> float:
+  """A fusion reads each operand once (only the slices of one it reads through
+  ``dynamic-slice``) and writes its result (only the update of an in-place
+  ``dynamic-update-slice`` root into one of its parameters)."""
+  parameters = {}
+  for i in fused.instructions:
+    if i.op == "parameter":
+      number = re.match(r"\s*(\d+)\)", i.rest)
+      if number:
+        parameters[i.name] = int(number.group(1))
+  users: dict[str, list] = {name: [] for name in parameters}
+  for i in fused.instructions:
+    for position, operand in enumerate(i.operands):
+      if operand in users:
+        users[operand].append((i, position))
+  inner = {i.name: i.type_text for i in fused.instructions}
+  root = next((i for i in fused.instructions if i.root), None)
+  written = float(_bytes(inst.type_text))
+  in_place = None
+  if root is not None and root.op == "dynamic-update-slice" and root.operands[:1] and \
+      root.operands[0] in parameters:
+    in_place = root.operands[0]
+    written = float(_bytes(inner.get(root.operands[1], ""))) if len(root.operands) > 1 else 0.0
+  read = 0.0
+  for name, number in parameters.items():
+    if name == in_place:
+      continue
+    uses = users[name]
+    if uses and all(u.op == "dynamic-slice" and position == 0 for u, position in uses):
+      read += sum(_bytes(u.type_text) for u, _ in uses)
+    elif number < len(operand_bytes):
+      read += operand_bytes[number]
+  return read + written
 
 
 def _real_taps(size: int, window: int, stride: int, pad_low: int, lhs_dilate: int,

@@ -9,7 +9,9 @@ grid of partitionings, micro-batch counts, remat policies and attention
 implementations. Per setting it reports, per chip: XLA's peak memory against
 the chip's HBM; the matmul FLOPs and collective bytes read from the compiled
 HLO (``hlo_cost``: loops counted at their trip counts); a roofline step time
-from the chip's peak FLOP/s, HBM and collective bandwidths; the MFU that
+from the chip's peak FLOP/s, HBM and collective bandwidths (HBM traffic also read
+from the HLO: XLA's "bytes accessed" counts a loop body once and a gather far
+beyond the data it moves); the MFU that
 implies; the compile time. The hand count beside it is 3 x the forward
 matmul FLOPs of ``model.flops`` (forward + backward) at the batch's lengths.
 """
@@ -151,7 +153,8 @@ def measure_program(lowered, devices: Sequence, useful_flops: float) -> tuple[di
       "peak_bytes_per_chip": memory.peak_bytes, "hbm_bytes_per_chip": hbm,
       "fits": bool(memory.fits and (hbm is None or memory.peak_bytes <= hbm)),
       "compile_seconds": time.perf_counter() - start,
-      "flops_per_step": None, "xla_cost_flops_per_step": None,
+      "flops_per_step": None, "xla_cost_flops_per_step": None, "hbm_bytes_per_step": None,
+      "xla_bytes_accessed_per_step": None,
       "collective_bytes_per_step": None, "collective_bytes_by_kind": None,
       "loops_counted_once": None,
       "estimated_step_seconds": None, "estimated_mfu": None, "bound_by": None}
@@ -163,12 +166,13 @@ def measure_program(lowered, devices: Sequence, useful_flops: float) -> tuple[di
   row.update(
       flops_per_step=cost.matmul_flops * chips,
       xla_cost_flops_per_step=float(xla.get("flops", 0.0)) * chips,
+      hbm_bytes_per_step=cost.hbm_bytes * chips,
+      xla_bytes_accessed_per_step=float(xla.get("bytes accessed", 0.0)) * chips,
       collective_bytes_per_step=cost.total_collective_bytes * chips,
       collective_bytes_by_kind={k: v * chips for k, v in cost.collective_bytes.items()},
       loops_counted_once=len(cost.unknown_trip_counts))
   if chip is not None:
-    row.update(roofline(chip, cost, float(xla.get("flops", 0.0)),
-                        float(xla.get("bytes accessed", 0.0)), useful_flops, chips))
+    row.update(roofline(chip, cost, useful_flops, chips))
   return row, compiled
 
 
@@ -193,15 +197,14 @@ def compile_setting(setting: Setting, devices: Sequence, *, topology: str,
       "hard_delete_train_prob": objective.hard_delete_train_prob, **measured}
 
 
-def roofline(chip: Chip, cost: hlo_cost.ProgramCost, xla_flops: float, xla_bytes: float,
-             useful_flops: float, chips: int) -> dict[str, Any]:
+def roofline(chip: Chip, cost: hlo_cost.ProgramCost, useful_flops: float,
+             chips: int) -> dict[str, Any]:
   """An estimated step time per chip: max(matmul time at peak, HBM traffic time) plus the
   collectives' time (no overlap assumed; all-reduce moves its data twice, as a ring does).
-  XLA's bytes accessed count each loop body once, like its FLOPs, so they are scaled by the
-  same factor the HLO matmul count finds (counted / XLA's)."""
+  HBM traffic is ``hlo_cost``'s count from the compiled program (each top-level op reads
+  its operands and writes its result once, loops at their trip counts)."""
   compute = cost.matmul_flops / chip.peak_flops
-  loop_factor = cost.matmul_flops / xla_flops if xla_flops else 1.0
-  hbm = xla_bytes * max(loop_factor, 1.0) / chip.hbm_bandwidth
+  hbm = cost.hbm_bytes / chip.hbm_bandwidth
   moved = sum(v * (2.0 if k == "all-reduce" else 1.0) for k, v in cost.collective_bytes.items())
   communication = moved / chip.collective_bandwidth
   step = max(compute, hbm) + communication
