@@ -1,6 +1,6 @@
 """Hard-deletion inference benchmark: ``python benchmarks/inference.py [flags]``.
 
-Same as ``mrt5-bench inference``; see mrt5_jax/benchmarking.py for the method.
+Same as ``mrt5-bench inference``; see mrt5_jax/studies/inference_speed.py for the method.
 """
 import sys
 

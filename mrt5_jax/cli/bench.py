@@ -3,10 +3,11 @@
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
                        [--rates 0.25,0.5,0.75] [--row_rate_spread 0.1] [--repeats 3]
                        [--modes pow2,step,packed,capacity] [--no_baselines]
+                       [--dtype float32|bfloat16]
                        [--output results.json]
   mrt5-bench train_step [--config cpu|small|base] [--length 512] [--batch 16] [--rate 0.5]
                        [--packed_rows 0.75] [--recipe_hard_prob 0.5] [--repeats 5]
-                       [--output F]
+                       [--dtype float32|bfloat16] [--output F]
   mrt5-bench memory    [--size base] [--lengths 1024,2048] [--policies none,minimal,full]
                        [--batch 1] [--scan_layers] [--attention dense|blocked]
                        [--target auto|host|tpu] [--topology v4:2x2x1] [--output F]
@@ -103,6 +104,8 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--modes", default=",".join(inference_speed.MODES),
                          help="hard-deletion modes to compare (pow2, step, packed, capacity)")
   inference.add_argument("--seed", type=int, default=0)
+  inference.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                         help="activation dtype (parameters stay float32)")
   inference.add_argument("--no_baselines", action="store_true",
                          help="skip the BP and CP rows (pooling baselines)")
   inference.add_argument("--output", default=None, help="write the results as JSON here")
@@ -119,6 +122,8 @@ def _parser() -> argparse.ArgumentParser:
   train_step.add_argument("--recipe_hard_prob", type=float, default=0.5,
                           help="the recipe's share of hard-deletion batches")
   train_step.add_argument("--repeats", type=int, default=5)
+  train_step.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                          help="activation dtype (parameters stay float32)")
   train_step.add_argument("--output", default=None, help="write the results as JSON here")
 
   memory = sub.add_parser("memory", help="peak memory of one train step, with and without remat")
@@ -273,7 +278,7 @@ def _run_inference(args) -> dict:
                                               args.batch, args.repeats, seed=args.seed,
                                               baselines=not args.no_baselines,
                                               row_rate_spread=args.row_rate_spread,
-                                              modes=modes)
+                                              modes=modes, dtype=args.dtype)
 
 
 def _run_train_step(args) -> dict:
@@ -289,7 +294,7 @@ def _run_train_step(args) -> dict:
     config = "cpu" if jax.devices()[0].platform == "cpu" else "small"
   return train_step_speed.run_train_step_benchmark(
       config, args.length, args.target_length, args.batch, args.rate, args.packed_rows,
-      args.recipe_hard_prob, args.repeats)
+      args.recipe_hard_prob, args.repeats, dtype=args.dtype)
 
 
 def _run_deletion(args) -> dict:

@@ -37,11 +37,12 @@ CPU_BENCH_SIZE = dict(d_model=256, d_ff=640, num_heads=4, head_dim=64, num_encod
 BENCH_INFERENCE = InferenceConfig(mode="bucketed", bucket_step=64, min_bucket_length=64)
 
 
-def benchmark_config(name: str, gate_layer: int = 3) -> MrT5Config:
-  """``cpu``: a 12-layer model a 2-core machine runs at length 1024; ``small``: ByT5-small."""
+def benchmark_config(name: str, gate_layer: int = 3, dtype: str = "float32") -> MrT5Config:
+  """``cpu``: a 12-layer model a 2-core machine runs at length 1024; ``small``: ByT5-small.
+  ``dtype``: the activations' (parameters stay float32)."""
   sizes = CPU_BENCH_SIZE if name == "cpu" else {}
   base = "tiny" if name == "cpu" else name
-  return preset(base, **sizes, delete_gate_layer=gate_layer)
+  return preset(base, **sizes, delete_gate_layer=gate_layer, dtype=dtype)
 
 
 def row_rates(rate: float, spread: float, rows: int, seed: int) -> np.ndarray:
@@ -280,7 +281,7 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
                             length: int = 1024, target_length: int = 189, batch: int = 2,
                             repeats: int = 3, seed: int = 0, baselines: bool = True,
                             row_rate_spread: float = 0.0, modes: Sequence[str] = tuple(MODES),
-                            log: Callable[[str], None] = print) -> dict:
+                            dtype: str = "float32", log: Callable[[str], None] = print) -> dict:
   """Measure ByT5 vs hard-deletion MrT5 in each of ``modes`` (and with
   ``baselines`` BP and CP at matched length reduction); returns a JSON-ready dict.
 
@@ -293,7 +294,7 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
   unknown = sorted(set(modes) - set(MODES))
   if unknown or not modes:
     raise ValueError(f"modes must come from {sorted(MODES)}, got {list(modes)}")
-  config = benchmark_config(config_name)
+  config = benchmark_config(config_name, dtype=dtype)
   byt5_config = config.replace(deletion_type="none")
   rng = np.random.RandomState(seed)
   tokens = rng.randint(3, 259, size=(batch, length)).astype(np.int32)
@@ -311,7 +312,7 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
   log(f"device={jax.devices()[0].device_kind} config={config_name} d_model={config.d_model} "
       f"layers={config.num_encoder_layers}/{config.num_decoder_layers} gate_layer="
       f"{config.delete_gate_layer} length={length} targets={target_length} batch={batch} "
-      f"row_rate_spread={row_rate_spread}")
+      f"row_rate_spread={row_rate_spread} dtype={dtype}")
   byt5 = InferenceRunner(byt5_config, byt5_params, mode="soft")
   byt5_encode_fn = lambda: byt5.encode(tokens).encoded
   byt5_score_fn = lambda: byt5.score(tokens, decoder_inputs, targets)
@@ -362,6 +363,7 @@ def run_inference_benchmark(config_name: str = "cpu", rates: Sequence[float] = (
       "device": jax.devices()[0].device_kind,
       "platform": jax.devices()[0].platform,
       "config": config_name,
+      "dtype": dtype,
       "model": {k: getattr(config, k) for k in ("d_model", "d_ff", "num_heads", "head_dim",
                                                 "num_encoder_layers", "num_decoder_layers",
                                                 "delete_gate_layer")},

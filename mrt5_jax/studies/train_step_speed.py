@@ -63,10 +63,10 @@ class ArmResult:
 def run_train_step_benchmark(config_name: str = "cpu", length: int = 512,
                              target_length: int = 96, batch: int = 16, rate: float = 0.5,
                              packed_rows: float = 0.75, recipe_hard_prob: float = 0.5,
-                             repeats: int = 5, seed: int = 0,
+                             repeats: int = 5, seed: int = 0, dtype: str = "float32",
                              log: Callable[[str], None] = print) -> dict:
   """Median step seconds per arm (``ARMS``) and the recipe's average; a JSON-ready dict."""
-  config = benchmark_config(config_name)
+  config = benchmark_config(config_name, dtype=dtype)
   data = _batch(batch, length, target_length, seed)
   objectives = {
       "soft": objective_lib.ObjectiveConfig(),
@@ -94,7 +94,7 @@ def run_train_step_benchmark(config_name: str = "cpu", length: int = 512,
   log(f"device={jax.devices()[0].device_kind} config={config_name} d_model={config.d_model} "
       f"layers={config.num_encoder_layers}/{config.num_decoder_layers} gate_layer="
       f"{config.delete_gate_layer} length={length} targets={target_length} batch={batch} "
-      f"rate={rate} packed_rows={packed_rows}")
+      f"rate={rate} packed_rows={packed_rows} dtype={dtype}")
   for _ in range(repeats):
     for arm in ARMS:
       start = time.perf_counter()
@@ -120,7 +120,8 @@ def run_train_step_benchmark(config_name: str = "cpu", length: int = 512,
       f"{recipe['recipe_hard'] / soft:.2f} x soft, packed {recipe['recipe_packed'] / soft:.2f}"
       " x soft")
   return {
-      "device": jax.devices()[0].device_kind, "config": config_name, "length": length,
+      "device": jax.devices()[0].device_kind, "config": config_name, "dtype": dtype,
+      "length": length,
       "target_length": target_length, "batch": batch, "rate": rate,
       "packed_rows": packed_rows, "repeats": repeats, "recipe_hard_prob": recipe_hard_prob,
       "arms": [dataclasses.asdict(r) for r in rows],
