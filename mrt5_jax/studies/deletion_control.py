@@ -167,8 +167,11 @@ def span_corruption_bindings(work_dir: str, steps: int) -> list[str]:
 def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence[float], *,
               work_dir: str, steps: int = 1500, pretrain_steps: int = 3000,
               continue_steps: int = 1000, extra_bindings: Sequence[str] = (),
+              droppable_batches: int = 8,
               log: Callable[[str], None] = print) -> list[StudyRow]:
-  """Train every (task, recipe, target) in ``work_dir``; returns one row each."""
+  """Train every (task, recipe, target) in ``work_dir``; returns one row each
+  (the diagnostic tasks' droppable-position figures read on ``droppable_batches``
+  eval batches)."""
   rows = []
   run_file = "runs/local.gin"
   for task in tasks:
@@ -192,7 +195,7 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
         measure = None
         if task != "span_corruption":
           measure = lambda result, dataset, task=task: droppable_figures(
-              task, result.model_dir, dataset)
+              task, result.model_dir, dataset, droppable_batches)
         result, figures = _train(run_file, recipe.gin_files, bindings, measure)
         row = _row(task, recipe.name, target, result, time.time() - start)
         row.droppable_share = figures.get("droppable_share")
