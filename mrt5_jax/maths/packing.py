@@ -116,13 +116,16 @@ class Packed:
 
 def pack(keep: jax.Array, plan: PackingPlan,
          segment_ids: Optional[jax.Array] = None) -> Packed:
-  """The packed layout of the kept positions ``keep`` (B, L) under ``plan``."""
+  """The packed layout of the kept positions ``keep`` (B, L) under ``plan``:
+  each row's first ``plan.kept`` kept positions (all of them, unless the plan
+  capped them: ``plan_in_graph_capped``)."""
   batch, length = keep.shape
   groups, lp = plan.num_groups, plan.row_length
   per_group = batch // groups
   slots = plan.rows_per_group * lp
   rank = jnp.cumsum(keep.astype(jnp.int32), axis=-1) - 1
-  target = jnp.where(keep, plan.starts[:, None] + rank, slots).reshape(groups, -1)
+  placed_here = keep & (rank < plan.kept[:, None])
+  target = jnp.where(placed_here, plan.starts[:, None] + rank, slots).reshape(groups, -1)
   local_row = (jnp.arange(batch, dtype=jnp.int32) % per_group)[:, None]
   source = (local_row * length + jnp.arange(length, dtype=jnp.int32)[None, :]).reshape(groups, -1)
 
@@ -203,3 +206,40 @@ def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
   plan = PackingPlan(starts=starts.reshape(-1), kept=kept, num_groups=num_groups,
                      rows_per_group=rows_per_group, row_length=row_length)
   return plan, jnp.all(placed)
+
+
+
+def overflow_caps(row_length: int, rows: int, rows_per_group: int,
+                  num_caps: int = 8) -> tuple[int, ...]:
+  """Per-row caps on kept positions, longest first, for ``plan_in_graph_capped``.
+
+  The last, ``row_length // ceil(rows / rows_per_group)``, always fits: with
+  every row at most that long, first-fit decreasing puts at least
+  ceil(rows / rows_per_group) rows into every packed row before one is full.
+  """
+  floor = row_length // math.ceil(rows / rows_per_group)
+  caps = np.linspace(row_length, floor, max(2, num_caps)).round().astype(int)
+  return tuple(sorted({int(c) for c in caps} | {floor}, reverse=True))
+
+
+def plan_in_graph_capped(kept: jax.Array, row_length: int, num_groups: int,
+                         rows_per_group: int, num_caps: int = 8
+                         ) -> tuple[PackingPlan, jax.Array]:
+  """``plan_in_graph`` that always fits: where the rows do not fit as they
+  are, every row keeps at most the largest of ``overflow_caps`` with which
+  all groups fit, and drops its kept positions past it (its last ones).
+
+  Returns the plan (its ``kept``: each row's count placed) and the dropped
+  positions per row, (B,) int32: zero where the rows fit as they are, and
+  then the plan is ``plan_in_graph``'s.
+  """
+  kept = jnp.asarray(kept, jnp.int32)
+  caps = overflow_caps(row_length, kept.shape[0] // num_groups, rows_per_group, num_caps)
+  plans, fits = zip(*(plan_in_graph(jnp.minimum(kept, cap), row_length, num_groups,
+                                    rows_per_group) for cap in caps))
+  chosen = jnp.argmax(jnp.stack(fits))  # the first (largest) cap that fits; the last always does
+  starts = jnp.stack([plan.starts for plan in plans])[chosen]
+  placed = jnp.minimum(kept, jnp.asarray(caps, jnp.int32)[chosen])
+  plan = PackingPlan(starts=starts, kept=placed, num_groups=num_groups,
+                     rows_per_group=rows_per_group, row_length=row_length)
+  return plan, kept - placed

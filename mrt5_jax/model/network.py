@@ -217,8 +217,10 @@ class Encoder(nn.Module):
     """Hard deletion with every row's kept positions packed (``maths.packing``):
     the remaining layers run on ``plan.packed_rows`` rows of ``plan.row_length``
     slots; the output is unpacked to (B, ``unpacked_length``) per-row slots,
-    kept positions first in order, as per-row hard deletion returns them."""
+    kept positions first in order, as per-row hard deletion returns them.
+    ``num_dropped``: each row's kept positions the plan had no room for."""
     keep = self.shortening.keep_mask(reading.gate, tokens, segment_ids)
+    num_dropped = jnp.sum(keep, axis=-1, dtype=jnp.int32) - plan.kept
     packed = packing.pack(keep, plan, segment_ids)
     groups = plan.num_groups
     x = packing.gather_packed(reading.hidden, packed, groups)
@@ -236,8 +238,7 @@ class Encoder(nn.Module):
                          key_bias=jnp.zeros(valid.shape, jnp.float32),
                          segment_ids=unpacked_segments, gate=reading.gate,
                          gate_logits=reading.gate_logits, kept_positions=kept_positions,
-                         num_dropped=jnp.zeros((tokens.shape[0],), jnp.int32),
-                         boundaries=reading.boundaries)
+                         num_dropped=num_dropped, boundaries=reading.boundaries)
 
   def __call__(self, embedded, tokens, segment_ids=None, *, deletion: str = "soft",
                compacted_length: Optional[int] = None, deterministic: bool = True):

@@ -58,9 +58,11 @@ class ObjectiveConfig:
     ``gate_var`` (minus the variance of G over real positions).
   entropy_coeff_1, entropy_coeff_2: the published entropy regularizer
     ``c1 mean_i H(G_i) - c2 H(logsumexp_i G_i - log L)`` (not weighted by alpha).
-  hard_delete_train_prob: chance that a training (micro-)batch runs with hard
+  hard_delete_train_prob: chance that a training batch runs with hard
     deletion (drawn from the ``hard_delete`` rng, so a resumed run draws the
-    same), compacted to ``hard_delete_train_fraction`` of the input length.
+    same; the project trainer draws once per step on the host and compiles a
+    soft and a hard step, t5x's step draws per micro-batch inside), compacted
+    to ``hard_delete_train_fraction`` of the input length.
   hard_delete_train_start: None: that chance applies from the first step;
     an int: hard-deletion batches begin this many steps after the
     controller's regularizer delay (the gate first learns which bytes it can
@@ -69,9 +71,12 @@ class ObjectiveConfig:
   hard_delete_train_packed_rows: 0: hard-deletion batches compact each row
     (above). Otherwise the share of the batch's rows that the kept positions
     of all rows are packed into (``mrt5_jax.maths.packing``; rows of the input
-    length, planned in the step), so a hard batch costs less than a soft one;
-    a batch whose kept positions do not fit runs per-row hard deletion. The
-    two give the same loss up to float round-off.
+    length, planned in the step), so a hard batch costs less than a soft one.
+    Where the coin is drawn in the step (t5x), a batch whose kept positions do
+    not fit runs per-row hard deletion (the same loss up to float round-off);
+    where it is drawn on the host (the project trainer), such a batch caps
+    its longest rows until it fits (``packing.plan_in_graph_capped``; the
+    dropped positions are counted in ``num_dropped``).
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -308,14 +313,43 @@ def _packed_rows_per_group(objective: ObjectiveConfig, module, batch,
   return max(1, math.ceil(share * rows / num_groups))
 
 
+def hard_delete_draw(objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
+                     controller_step: int, hard_delete_key: jax.Array) -> bool:
+  """On the host: whether the training batch of ``controller_step`` runs with
+  hard deletion; the same draw ``compute_loss`` makes in the graph from the
+  ``hard_delete`` stream's key (threefry, so every backend draws alike)."""
+  chance = hard_delete_probability(objective, jnp.int32(controller_step),
+                                   controller.regularizer_delay)
+  return bool(jax.random.bernoulli(hard_delete_key, chance))
+
+
+def _run_drawn(run, module, params, batch, rngs, enable_dropout: bool, stage_one,
+               hard: bool, hard_length: int, rows_per_group: int, num_groups: int,
+               objective: ObjectiveConfig) -> dict:
+  """The forward pass of a batch whose coin was drawn on the host (one branch)."""
+  if not hard:
+    return run("soft", None)
+  if not rows_per_group:
+    return run("hard", hard_length)
+  tokens, segment_ids = batch["encoder_input_tokens"], batch.get("encoder_segment_ids")
+  if stage_one is None:
+    stage_one = module.apply({"params": params}, tokens, segment_ids, enable_dropout,
+                             method=module.encode_stage_one, rngs=rngs or {})
+  kept = module.shortening.kept_counts(stage_one.gate, tokens, segment_ids)
+  plan, _ = packing.plan_in_graph_capped(kept, tokens.shape[1], num_groups, rows_per_group)
+  run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
+                          stage_one, objective.score_loss_coeff > 0)
+  return run("hard", hard_length, plan)
+
+
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
                  batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
                  enable_dropout: bool = True, deletion: str = "soft",
                  normalizers: Optional[Mapping[str, jax.Array]] = None,
                  num_microbatches: int = 1, compacted_length: Optional[int] = None,
-                 stage_one: Any = None,
-                 num_groups: int = 1) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 stage_one: Any = None, num_groups: int = 1,
+                 hard_coin: Optional[bool] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
 
   Args:
@@ -338,6 +372,13 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
     num_groups: packed hard-deletion batches pack within this many groups of
       consecutive rows (the data-parallel shards, so packing stays on each
       device; ``ObjectiveConfig.hard_delete_train_packed_rows``).
+    hard_coin: None: whether a training batch runs hard is drawn here, in the
+      graph (``lax.cond`` between soft and hard; a packed batch that does not
+      fit runs per row). True / False: drawn already, on the host
+      (``hard_delete_draw``), so only that branch is traced: a packed batch
+      that does not fit then caps its rows' kept positions
+      (``packing.plan_in_graph_capped``: the longest rows drop their last
+      ones, counted in ``num_dropped``) instead of carrying a fallback branch.
 
   Returns:
     (loss scalar, metric sums: the keys of ``metrics.SUMS``).
@@ -351,7 +392,10 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
                            deletion, module)
   hard_length = max(1, math.ceil(objective.hard_delete_train_fraction * length))
   rows_per_group = _packed_rows_per_group(objective, module, batch, num_groups)
-  if coin is None:
+  if hard_coin is not None and coin is not None:
+    out = _run_drawn(run, module, params, batch, rngs, enable_dropout, stage_one, hard_coin,
+                     hard_length, rows_per_group, num_groups, objective)
+  elif coin is None:
     out = run(deletion, compacted_length)
   elif not rows_per_group:
     out = jax.lax.cond(coin, lambda: run("hard", hard_length), lambda: run("soft", None))

@@ -8,6 +8,7 @@ resumes, logs, evaluates and checkpoints is the job ``mrt5_jax.jobs.train``.
 """
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any, Mapping, Optional
 
@@ -76,6 +77,13 @@ RNG_STREAMS = rng_lib.TRAINING_STREAMS
 training_rngs = rng_lib.training_streams
 
 
+def _host_int(value) -> int:
+  """A replicated scalar as a Python int (read from this process's own copy)."""
+  if isinstance(value, jax.Array):
+    value = value.addressable_data(0)
+  return int(np.asarray(value))
+
+
 def _split_microbatches(batch: Mapping[str, jax.Array], num: int) -> dict[str, jax.Array]:
   """(B, ...) -> (num, B/num, ...); micro-batch m takes rows m, m+num, ... (spread over shards)."""
   def split(x):
@@ -107,7 +115,7 @@ class Trainer:
     self.seed = seed
     self.enable_dropout = enable_dropout
     self._state_shardings = None
-    self._step_fn = None
+    self._step_fns = {}
 
   # -------------------------------------------------------------------------- state
 
@@ -176,9 +184,11 @@ class Trainer:
 
   # -------------------------------------------------------------------------- step
 
-  def _loss_and_grads(self, params, controller_state, batch, rng):
+  def _loss_and_grads(self, params, controller_state, batch, rng, hard: Optional[bool] = None):
     """Gradients and metric sums of the whole batch, one micro-batch at a time,
-    and the controller state after the step (``train_step.advance_controller``)."""
+    and the controller state after the step (``train_step.advance_controller``).
+    ``hard``: the step's hard-deletion coin drawn on the host (``hard_delete_draw``),
+    or None to draw it per micro-batch in the graph."""
     num_micro = self.num_microbatches
     normalizers = train_step.loss_normalizers(batch, self.objective, whole_batch=batch)
 
@@ -187,7 +197,7 @@ class Trainer:
           self.module, params, controller_state, micro, training_rngs(micro_rng),
           objective=self.objective, controller=self.controller,
           enable_dropout=self.enable_dropout, normalizers=normalizers,
-          num_microbatches=num_micro, num_groups=self.partitioner.data_size)
+          num_microbatches=num_micro, num_groups=self.partitioner.data_size, hard_coin=hard)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     advance = lambda state, counts, sums: train_step.advance_controller(
@@ -215,12 +225,12 @@ class Trainer:
         body, (sums0, grads0, state0, counts0), jnp.arange(1, num_micro))
     return sums, grads, new_state
 
-  def _train_step(self, state, batch):
+  def _train_step(self, state, batch, hard: Optional[bool] = None):
     step = state["step"]
     rng = rng_lib.step_key(self.seed, step)
     controller_state = state["flax_mutables"][controller_lib.COLLECTION]
     sums, grads, new_controller = self._loss_and_grads(state["params"], controller_state,
-                                                       batch, rng)
+                                                       batch, rng, hard)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     alpha = controller_lib.effective_alpha(controller_state, self.controller)
@@ -232,16 +242,46 @@ class Trainer:
                  "step": step + 1}
     return new_state, metrics
 
-  def compiled_step(self, input_length: int, target_length: int):
-    """jax.jit of the train step with explicit in/out shardings (state donated)."""
-    if self._step_fn is None:
+  def compiled_step(self, input_length: int, target_length: int, hard: Optional[bool] = None):
+    """jax.jit of the train step with explicit in/out shardings (state donated).
+
+    ``hard``: None compiles the step that draws soft or hard deletion per
+    micro-batch inside (a ``lax.cond``, as t5x's step does); True / False the
+    step of a batch drawn hard / soft on the host, which carries only its own
+    branch (what ``train_step`` runs when the objective has hard batches).
+    """
+    if hard not in self._step_fns:
       shardings = self.state_shardings(input_length, target_length)
-      self._step_fn = jax.jit(
-          self._train_step,
+      self._step_fns[hard] = jax.jit(
+          functools.partial(self._train_step, hard=hard),
           in_shardings=(shardings, self.partitioner.data_sharding),
           out_shardings=(shardings, self.partitioner.replicated),
           donate_argnums=(0,))
-    return self._step_fn
+    return self._step_fns[hard]
+
+  @property
+  def draws_hard_batches(self) -> bool:
+    """Whether some training batches run with hard deletion (drawn on the host)."""
+    return (self.objective.hard_delete_train_prob > 0 and self.enable_dropout
+            and self.module.shortening.trains_hard)
+
+  def hard_delete_draw(self, state: dict) -> Optional[bool]:
+    """Whether the next step of ``state`` runs with hard deletion (None: never).
+
+    The draw ``compute_loss`` would make in the graph for the step's first
+    micro-batch (its ``hard_delete`` key, the controller's step), made on the
+    host so that the step compiles one branch; it applies to every micro-batch
+    of the step. Every process draws the same (the key is the seed's).
+    """
+    if not self.draws_hard_batches:
+      return None
+    step = _host_int(state["step"])
+    controller_step = _host_int(state["flax_mutables"][controller_lib.COLLECTION]["step"])
+    with jax.default_device(jax.devices("cpu")[0]):
+      key = rng_lib.microbatch_key(rng_lib.step_key(self.seed, step), 0, self.num_microbatches)
+      stream = rng_lib.training_streams(key)["hard_delete"]
+      return objective_lib.hard_delete_draw(self.objective, self.controller, controller_step,
+                                            stream)
 
   def train_step(self, state: dict, batch: Mapping[str, np.ndarray]) -> tuple[dict, dict]:
     """One optimisation step on a host batch; returns (new state, metrics as arrays)."""
@@ -251,7 +291,8 @@ class Trainer:
                        f"({self.num_microbatches}) x data-parallel size "
                        f"({self.partitioner.data_size})")
     step_fn = self.compiled_step(batch["encoder_input_tokens"].shape[1],
-                                 batch["decoder_target_tokens"].shape[1])
+                                 batch["decoder_target_tokens"].shape[1],
+                                 hard=self.hard_delete_draw(state))
     with self.partitioner.context():
       return step_fn(state, self.partitioner.shard_batch(batch))
 

@@ -103,3 +103,47 @@ def test_plan_in_graph_matches_the_host_plan_and_reports_overflow():
   np.testing.assert_array_equal(np.asarray(traced.starts), host.starts)
   _, fits = packing.plan_in_graph(jnp.asarray(kept), 16, 2, 1)
   assert not bool(fits)
+
+
+
+@pytest.mark.parametrize("rows_per_group", [1, 2, 3, 6])
+def test_capped_plan_fits_by_capping_only_the_longest_rows(rows_per_group):
+  """The cap chosen is the largest candidate with which NumPy's first-fit
+  decreasing (``first_fit_decreasing``, the host's) fits every group into
+  ``rows_per_group`` rows; rows drop only what is past it, their last kept
+  positions."""
+  rng = np.random.RandomState(7)
+  kept = rng.randint(0, 17, size=12)
+  plan, dropped = jax.jit(packing.plan_in_graph_capped, static_argnums=(1, 2, 3))(
+      jnp.asarray(kept), 16, 2, rows_per_group)
+  caps = packing.overflow_caps(16, 6, rows_per_group)
+  assert caps[0] == 16 and caps[-1] == 16 // -(-6 // rows_per_group)
+  fitting = [cap for cap in caps
+             if all(packing.first_fit_decreasing(np.minimum(group, cap), 16)[1] <= rows_per_group
+                    for group in kept.reshape(2, 6))]
+  assert fitting and fitting[-1] == caps[-1]  # the smallest cap always fits
+  cap = fitting[0]
+  np.testing.assert_array_equal(np.asarray(plan.kept), np.minimum(kept, cap))
+  np.testing.assert_array_equal(np.asarray(dropped), kept - np.minimum(kept, cap))
+  if rows_per_group == 6:
+    assert cap == 16 and not np.asarray(dropped).any()
+  else:
+    assert np.asarray(dropped).sum() > 0
+  # every group's rows lie in disjoint slots inside its rows_per_group rows of 16
+  for group in range(2):
+    used = np.zeros(16 * rows_per_group, int)
+    for row in range(6 * group, 6 * group + 6):
+      used[int(plan.starts[row]):int(plan.starts[row]) + int(plan.kept[row])] += 1
+    assert used.max() <= 1
+
+  # the packed layout holds each row's first plan.kept kept positions, nothing else
+  keep = np.zeros((12, 16), bool)
+  for row, count in enumerate(kept):
+    keep[row, np.sort(rng.choice(16, count, replace=False))] = True
+  packed = packing.pack(jnp.asarray(keep), plan)
+  source = np.asarray(packed.source).reshape(2, -1)
+  valid = np.asarray(packed.valid).reshape(2, -1)
+  for row in range(12):
+    group, local = divmod(row, 6)
+    held = np.sort(source[group][valid[group] & (source[group] // 16 == local)] % 16)
+    np.testing.assert_array_equal(held, np.flatnonzero(keep[row])[:int(plan.kept[row])])

@@ -333,3 +333,53 @@ def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
 def test_packed_rows_setting_is_checked():
   with pytest.raises(ValueError, match="hard_delete_train_packed_rows"):
     obj.ObjectiveConfig(hard_delete_train_packed_rows=1.5)
+
+
+def test_host_drawn_hard_batches_run_one_branch_and_drop_what_does_not_fit(tiny_model):
+  """hard_coin (the project trainer's host draw): packed equals per-row hard
+  deletion where the batch fits; where it does not, the rows are capped at the
+  largest length with which NumPy's first-fit decreasing fits them, and the
+  positions past the cap are gone as if the gate had deleted them (counted in
+  num_dropped)."""
+  module, variables = tiny_model
+  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
+  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([2.0], jnp.float32)
+  batch = {k: jnp.asarray(v) for k, v in make_batch(batch=4, seed=5,
+                                                    pad_from=(None, 12, 5, None)).items()}
+  cc = ctl.ControllerConfig(initial_alpha=0.2)
+  state = ctl.init_state(cc)
+  rng = jax.random.PRNGKey(0)
+  tokens = batch["encoder_input_tokens"]
+  stage_one = module.apply({"params": params}, tokens, None, False,
+                           method=module.encode_stage_one)
+
+  def loss(packed_rows, hard_coin, stage=None):
+    oc = obj.ObjectiveConfig(hard_delete_train_prob=1.0,
+                             hard_delete_train_packed_rows=packed_rows)
+    return obj.compute_loss(module, params, state, batch, {"dropout": rng, "hard_delete": rng},
+                            objective=oc, controller=cc, hard_coin=hard_coin, stage_one=stage)
+
+  per_row, per_row_sums = loss(0.0, True)
+  packed, packed_sums = loss(0.75, True)
+  soft, soft_sums = loss(0.75, False)
+  in_graph_soft, _ = obj.compute_loss(module, params, state, batch, {"dropout": rng},
+                                      objective=obj.ObjectiveConfig(), controller=cc)
+  assert float(packed_sums["packed_hard_batches"]) == 1.0
+  assert float(packed) == pytest.approx(float(per_row), abs=1e-5)
+  assert float(soft_sums["hard_deletion_batches"]) == 0.0
+  assert float(soft) == pytest.approx(float(in_graph_soft), abs=1e-6)
+
+  overflow, overflow_sums = loss(0.25, True)   # one packed row of 16 for the whole batch
+  keep = np.asarray(module.shortening.keep_mask(stage_one.gate, tokens, None))
+  kept = keep.sum(-1)
+  from mrt5_jax.maths.packing import first_fit_decreasing, overflow_caps
+  cap = next(c for c in overflow_caps(16, 4, 1)
+             if first_fit_decreasing(np.minimum(kept, c), 16)[1] <= 1)
+  assert float(overflow_sums["num_dropped"]) == float((kept - np.minimum(kept, cap)).sum()) > 0
+  assert float(overflow_sums["packed_hard_batches"]) == 1.0
+  gate = np.asarray(stage_one.gate).copy()
+  for row in range(4):
+    gate[row, np.flatnonzero(keep[row])[cap:]] = module.config.sigmoid_mask_scale
+  _, reference = loss(0.0, True, stage_one.replace(gate=jnp.asarray(gate)))
+  assert float(overflow_sums["cross_entropy_sum"]) == pytest.approx(
+      float(reference["cross_entropy_sum"]), rel=1e-5)
