@@ -349,7 +349,9 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
                  normalizers: Optional[Mapping[str, jax.Array]] = None,
                  num_microbatches: int = 1, compacted_length: Optional[int] = None,
                  stage_one: Any = None, num_groups: int = 1,
-                 hard_coin: Optional[bool] = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+                 hard_coin: Optional[bool] = None,
+                 packed_rows_per_group: Optional[int] = None
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """Total loss and metric sums of one (micro-)batch. Pure; differentiable in params.
 
   Args:
@@ -379,6 +381,9 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
       that does not fit then caps its rows' kept positions
       (``packing.plan_in_graph_capped``: the longest rows drop their last
       ones, counted in ``num_dropped``) instead of carrying a fallback branch.
+    packed_rows_per_group: with ``hard_coin``, the packed rows per group the
+      host chose for this batch (0: per row); None: from
+      ``hard_delete_train_packed_rows``.
 
   Returns:
     (loss scalar, metric sums: the keys of ``metrics.SUMS``).
@@ -392,6 +397,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
                            deletion, module)
   hard_length = max(1, math.ceil(objective.hard_delete_train_fraction * length))
   rows_per_group = _packed_rows_per_group(objective, module, batch, num_groups)
+  if hard_coin is not None and packed_rows_per_group is not None:
+    rows_per_group = packed_rows_per_group
   if hard_coin is not None and coin is not None:
     out = _run_drawn(run, module, params, batch, rngs, enable_dropout, stage_one, hard_coin,
                      hard_length, rows_per_group, num_groups, objective)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 from typing import Any, Mapping, Optional
 
 import jax
@@ -18,6 +19,7 @@ import numpy as np
 import optax
 
 from mrt5_jax.maths import controller as controller_lib
+from mrt5_jax.maths import packing
 from mrt5_jax.maths import rng as rng_lib
 from mrt5_jax.model import layer_stacking
 from mrt5_jax.training import objective as objective_lib
@@ -116,6 +118,7 @@ class Trainer:
     self.enable_dropout = enable_dropout
     self._state_shardings = None
     self._step_fns = {}
+    self._kept_fn = None
 
   # -------------------------------------------------------------------------- state
 
@@ -184,11 +187,13 @@ class Trainer:
 
   # -------------------------------------------------------------------------- step
 
-  def _loss_and_grads(self, params, controller_state, batch, rng, hard: Optional[bool] = None):
+  def _loss_and_grads(self, params, controller_state, batch, rng, hard: Optional[bool] = None,
+                      packed_rows: Optional[int] = None):
     """Gradients and metric sums of the whole batch, one micro-batch at a time,
     and the controller state after the step (``train_step.advance_controller``).
     ``hard``: the step's hard-deletion coin drawn on the host (``hard_delete_draw``),
-    or None to draw it per micro-batch in the graph."""
+    or None to draw it per micro-batch in the graph; ``packed_rows``: with
+    ``hard``, the packed rows per group chosen on the host (``packed_rows_for``)."""
     num_micro = self.num_microbatches
     normalizers = train_step.loss_normalizers(batch, self.objective, whole_batch=batch)
 
@@ -197,7 +202,8 @@ class Trainer:
           self.module, params, controller_state, micro, training_rngs(micro_rng),
           objective=self.objective, controller=self.controller,
           enable_dropout=self.enable_dropout, normalizers=normalizers,
-          num_microbatches=num_micro, num_groups=self.partitioner.data_size, hard_coin=hard)
+          num_microbatches=num_micro, num_groups=self.partitioner.data_size, hard_coin=hard,
+          packed_rows_per_group=packed_rows)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     advance = lambda state, counts, sums: train_step.advance_controller(
@@ -225,12 +231,13 @@ class Trainer:
         body, (sums0, grads0, state0, counts0), jnp.arange(1, num_micro))
     return sums, grads, new_state
 
-  def _train_step(self, state, batch, hard: Optional[bool] = None):
+  def _train_step(self, state, batch, hard: Optional[bool] = None,
+                  packed_rows: Optional[int] = None):
     step = state["step"]
     rng = rng_lib.step_key(self.seed, step)
     controller_state = state["flax_mutables"][controller_lib.COLLECTION]
     sums, grads, new_controller = self._loss_and_grads(state["params"], controller_state,
-                                                       batch, rng, hard)
+                                                       batch, rng, hard, packed_rows)
     updates, opt_state = self.tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     alpha = controller_lib.effective_alpha(controller_state, self.controller)
@@ -242,22 +249,83 @@ class Trainer:
                  "step": step + 1}
     return new_state, metrics
 
-  def compiled_step(self, input_length: int, target_length: int, hard: Optional[bool] = None):
+  def compiled_step(self, input_length: int, target_length: int, hard: Optional[bool] = None,
+                    packed_rows: Optional[int] = None):
     """jax.jit of the train step with explicit in/out shardings (state donated).
 
     ``hard``: None compiles the step that draws soft or hard deletion per
     micro-batch inside (a ``lax.cond``, as t5x's step does); True / False the
     step of a batch drawn hard / soft on the host, which carries only its own
     branch (what ``train_step`` runs when the objective has hard batches).
+    ``packed_rows``: a hard step's packed rows per data-parallel group (0:
+    per row; None: ``hard_delete_train_packed_rows``'s share).
     """
-    if hard not in self._step_fns:
+    key = (hard, packed_rows)
+    if key not in self._step_fns:
       shardings = self.state_shardings(input_length, target_length)
-      self._step_fns[hard] = jax.jit(
-          functools.partial(self._train_step, hard=hard),
+      self._step_fns[key] = jax.jit(
+          functools.partial(self._train_step, hard=hard, packed_rows=packed_rows),
           in_shardings=(shardings, self.partitioner.data_sharding),
           out_shardings=(shardings, self.partitioner.replicated),
           donate_argnums=(0,))
-    return self._step_fns[hard]
+    return self._step_fns[key]
+
+  @property
+  def packs_hard_batches(self) -> bool:
+    """Whether hard batches may pack (``hard_delete_train_packed_rows`` > 0)."""
+    return bool(self.draws_hard_batches and self.objective.hard_delete_train_packed_rows
+                and self.module.shortening.packs)
+
+  def _kept_counts(self, params, batch, step):
+    """(micro-batches, rows) positions each row's gate keeps in the step's
+    forward pass (stage one with the step's own rngs, as ``compute_loss``
+    runs it)."""
+    num_micro = self.num_microbatches
+    rng = rng_lib.step_key(self.seed, step)
+    micro = _split_microbatches(batch, num_micro) if num_micro > 1 else {
+        k: v[None] for k, v in batch.items()}
+    counts = []
+    for index in range(num_micro):
+      tokens = micro["encoder_input_tokens"][index]
+      segment_ids = micro["encoder_segment_ids"][index] if "encoder_segment_ids" in micro else None
+      rngs = training_rngs(rng_lib.microbatch_key(rng, index, num_micro))
+      stage_one = self.module.apply({"params": params}, tokens, segment_ids,
+                                    self.enable_dropout, method=self.module.encode_stage_one,
+                                    rngs=rngs)
+      counts.append(self.module.shortening.kept_counts(stage_one.gate, tokens, segment_ids))
+    return jnp.stack(counts)
+
+  def packed_rows_for(self, state: dict, batch: Mapping[str, np.ndarray]) -> int:
+    """The packed rows per data-parallel group for a hard batch (0: per row).
+
+    Stage one runs first (``_kept_counts``, forward only), the host plans
+    (first-fit decreasing per group of every micro-batch) and buckets the rows
+    it needs to eighths of the group; the batch packs where that is at most
+    ``hard_delete_train_packed_rows`` of the rows and fewer than all, and runs
+    per row otherwise, so a batch that deletes too little is never cut.
+    """
+    if not self.packs_hard_batches:
+      return 0
+    if self._kept_fn is None:
+      self._kept_fn = jax.jit(self._kept_counts,
+                              in_shardings=(self.state_shardings(
+                                  batch["encoder_input_tokens"].shape[1],
+                                  batch["decoder_target_tokens"].shape[1])["params"],
+                                  self.partitioner.data_sharding, self.partitioner.replicated),
+                              out_shardings=self.partitioner.replicated)
+    with self.partitioner.context():
+      kept = self._kept_fn(state["params"], self.partitioner.shard_batch(batch), state["step"])
+    kept = np.asarray(kept.addressable_data(0))
+    groups = self.partitioner.data_size
+    if kept.shape[1] % groups:
+      return 0
+    length = batch["encoder_input_tokens"].shape[1]
+    per_group = kept.shape[1] // groups
+    needed = max(packing.first_fit_decreasing(group, length)[1]
+                 for group in kept.reshape(-1, per_group))
+    rows = packing.rows_bucket(needed, per_group, 8)
+    limit = math.ceil(self.objective.hard_delete_train_packed_rows * per_group)
+    return rows if rows <= limit and rows < per_group else 0
 
   @property
   def draws_hard_batches(self) -> bool:
@@ -290,9 +358,11 @@ class Trainer:
       raise ValueError(f"batch size {global_batch} must be divisible by num_microbatches "
                        f"({self.num_microbatches}) x data-parallel size "
                        f"({self.partitioner.data_size})")
+    hard = self.hard_delete_draw(state)
+    packed_rows = self.packed_rows_for(state, batch) if hard and self.packs_hard_batches else None
     step_fn = self.compiled_step(batch["encoder_input_tokens"].shape[1],
                                  batch["decoder_target_tokens"].shape[1],
-                                 hard=self.hard_delete_draw(state))
+                                 hard=hard, packed_rows=packed_rows)
     with self.partitioner.context():
       return step_fn(state, self.partitioner.shard_batch(batch))
 

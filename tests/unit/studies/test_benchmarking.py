@@ -1,9 +1,14 @@
+import importlib.util
+import json
+import os
+
 import numpy as np
 import pytest
 
 from mrt5_jax.model import flops
 from mrt5_jax.studies import inference_speed
 from mrt5_jax.model.config import preset
+from tests.fixtures import REPO_ROOT
 
 
 def test_flop_model_matches_hand_count():
@@ -158,7 +163,8 @@ def test_train_step_benchmark_times_three_arms(monkeypatch):
   lines = []
   result = train_step_speed.run_train_step_benchmark(
       "cpu", length=64, target_length=8, batch=8, rate=0.6, packed_rows=0.75, repeats=1,
-      log=lines.append)
+      dtype="bfloat16", log=lines.append)
+  assert result["dtype"] == "bfloat16" and "dtype=bfloat16" in lines[0]
   arms = {row["arm"]: row for row in result["arms"]}
   assert list(arms) == list(train_step_speed.ARMS)
   assert (arms["soft"]["hard_batches"], arms["hard"]["hard_batches"]) == (0.0, 1.0)
@@ -169,3 +175,25 @@ def test_train_step_benchmark_times_three_arms(monkeypatch):
   assert result["recipe_vs_soft"]["recipe_packed"] == pytest.approx(
       0.5 + 0.5 * arms["packed"]["vs_soft"])
   assert any(line.startswith("recipe") for line in lines)
+
+
+def test_accelerator_script_writes_each_part_as_it_ends(monkeypatch, tmp_path):
+  """benchmarks/accelerator.py (the study functions without the CLI's seqio /
+  TensorFlow imports): one JSON per part and dtype."""
+  monkeypatch.setattr(inference_speed, "CPU_BENCH_SIZE",
+                      dict(d_model=32, d_ff=64, num_heads=2, head_dim=16,
+                           num_encoder_layers=4, num_decoder_layers=1))
+  spec = importlib.util.spec_from_file_location(
+      "accelerator", os.path.join(REPO_ROOT, "benchmarks", "accelerator.py"))
+  accelerator = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(accelerator)
+  assert accelerator.main(["--output_dir", str(tmp_path), "--config", "cpu", "--length", "64",
+                           "--target_length", "8", "--batch", "4", "--repeats", "1",
+                           "--parts", "rows_equal", "--dtypes", "bfloat16"]) == 0
+  assert os.listdir(tmp_path) == ["rows_equal_bfloat16.json"]
+  result = json.load(open(tmp_path / "rows_equal_bfloat16.json"))
+  assert result["dtype"] == "bfloat16" and result["row_rate_spread"] == 0.0
+  assert result["target_length"] == 8 and result["baselines"] == []
+  assert [m["mode"] for m in result["rates"][0]["modes"]] == list(inference_speed.MODES)
+  with pytest.raises(SystemExit):
+    accelerator.main(["--output_dir", str(tmp_path), "--parts", "everything"])

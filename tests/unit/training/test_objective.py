@@ -288,16 +288,21 @@ def test_hard_delete_schedule_settings_are_checked():
     obj.ObjectiveConfig(hard_delete_train_ramp=-5)
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
+def _hard_batch_setup(tiny_model):
+  """(module, params whose gate deletes some positions, a 4-row batch with
+  padding, controller config, its state, rng) for the hard-batch tests."""
   module, variables = tiny_model
   params = jax.tree_util.tree_map(lambda x: x, variables["params"])
   params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([2.0], jnp.float32)
   batch = {k: jnp.asarray(v) for k, v in make_batch(batch=4, seed=5,
                                                     pad_from=(None, 12, 5, None)).items()}
   cc = ctl.ControllerConfig(initial_alpha=0.2)
-  state = ctl.init_state(cc)
-  rng = jax.random.PRNGKey(0)
+  return module, params, batch, cc, ctl.init_state(cc), jax.random.PRNGKey(0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
+  module, params, batch, cc, state, rng = _hard_batch_setup(tiny_model)
 
   def loss_and_grads(packed_rows):
     oc = obj.ObjectiveConfig(hard_delete_train_prob=1.0,
@@ -335,20 +340,13 @@ def test_packed_rows_setting_is_checked():
     obj.ObjectiveConfig(hard_delete_train_packed_rows=1.5)
 
 
-def test_host_drawn_hard_batches_run_one_branch_and_drop_what_does_not_fit(tiny_model):
+def test_host_drawn_hard_batches_run_one_branch_and_cap_what_does_not_fit(tiny_model):
   """hard_coin (the project trainer's host draw): packed equals per-row hard
   deletion where the batch fits; where it does not, the rows are capped at the
   largest length with which NumPy's first-fit decreasing fits them, and the
   positions past the cap are gone as if the gate had deleted them (counted in
   num_dropped)."""
-  module, variables = tiny_model
-  params = jax.tree_util.tree_map(lambda x: x, variables["params"])
-  params["encoder"]["delete_gate"]["dense"]["bias"] = jnp.array([2.0], jnp.float32)
-  batch = {k: jnp.asarray(v) for k, v in make_batch(batch=4, seed=5,
-                                                    pad_from=(None, 12, 5, None)).items()}
-  cc = ctl.ControllerConfig(initial_alpha=0.2)
-  state = ctl.init_state(cc)
-  rng = jax.random.PRNGKey(0)
+  module, params, batch, cc, state, rng = _hard_batch_setup(tiny_model)
   tokens = batch["encoder_input_tokens"]
   stage_one = module.apply({"params": params}, tokens, None, False,
                            method=module.encode_stage_one)
