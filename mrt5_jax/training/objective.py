@@ -71,12 +71,12 @@ class ObjectiveConfig:
   hard_delete_train_packed_rows: 0: hard-deletion batches compact each row
     (above). Otherwise the share of the batch's rows that the kept positions
     of all rows are packed into (``mrt5_jax.maths.packing``; rows of the input
-    length, planned in the step), so a hard batch costs less than a soft one.
-    Where the coin is drawn in the step (t5x), a batch whose kept positions do
-    not fit runs per-row hard deletion (the same loss up to float round-off);
-    where it is drawn on the host (the project trainer), such a batch caps
-    its longest rows until it fits (``packing.plan_in_graph_capped``; the
-    dropped positions are counted in ``num_dropped``).
+    length), so a hard batch costs less than a soft one; a batch whose kept
+    positions do not fit runs per-row hard deletion (the same loss up to float
+    round-off). t5x's step plans in the step, into that share of the rows;
+    the project trainer plans on the host from a stage-one pass, into the
+    rows the batch needs (eighths of the rows, at most that share;
+    ``Trainer.packed_rows_for``).
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
