@@ -345,7 +345,7 @@ class Trainer:
       return None
     step = _host_int(state["step"])
     controller_step = _host_int(state["flax_mutables"][controller_lib.COLLECTION]["step"])
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
       key = rng_lib.microbatch_key(rng_lib.step_key(self.seed, step), 0, self.num_microbatches)
       stream = rng_lib.training_streams(key)["hard_delete"]
       return objective_lib.hard_delete_draw(self.objective, self.controller, controller_step,
