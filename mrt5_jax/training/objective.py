@@ -323,6 +323,16 @@ def hard_delete_draw(objective: ObjectiveConfig, controller: controller_lib.Cont
   return bool(jax.random.bernoulli(hard_delete_key, chance))
 
 
+def stage_one_and_kept(module, params, batch, rngs, enable_dropout: bool, stage_one=None):
+  """The encoder up to the shortening's layer on ``batch`` (unless ``stage_one``
+  is given) and the positions each row keeps, (B,) int32: what a packing plan reads."""
+  tokens, segment_ids = batch["encoder_input_tokens"], batch.get("encoder_segment_ids")
+  if stage_one is None:
+    stage_one = module.apply({"params": params}, tokens, segment_ids, enable_dropout,
+                             method=module.encode_stage_one, rngs=rngs or {})
+  return stage_one, module.shortening.kept_counts(stage_one.gate, tokens, segment_ids)
+
+
 def _run_drawn(run, module, params, batch, rngs, enable_dropout: bool, stage_one,
                hard: bool, hard_length: int, rows_per_group: int, num_groups: int,
                objective: ObjectiveConfig) -> dict:
@@ -331,12 +341,9 @@ def _run_drawn(run, module, params, batch, rngs, enable_dropout: bool, stage_one
     return run("soft", None)
   if not rows_per_group:
     return run("hard", hard_length)
-  tokens, segment_ids = batch["encoder_input_tokens"], batch.get("encoder_segment_ids")
-  if stage_one is None:
-    stage_one = module.apply({"params": params}, tokens, segment_ids, enable_dropout,
-                             method=module.encode_stage_one, rngs=rngs or {})
-  kept = module.shortening.kept_counts(stage_one.gate, tokens, segment_ids)
-  plan, _ = packing.plan_in_graph_capped(kept, tokens.shape[1], num_groups, rows_per_group)
+  stage_one, kept = stage_one_and_kept(module, params, batch, rngs, enable_dropout, stage_one)
+  length = batch["encoder_input_tokens"].shape[1]
+  plan, _ = packing.plan_in_graph_capped(kept, length, num_groups, rows_per_group)
   run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
                           stage_one, objective.score_loss_coeff > 0)
   return run("hard", hard_length, plan)
@@ -407,11 +414,7 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   elif not rows_per_group:
     out = jax.lax.cond(coin, lambda: run("hard", hard_length), lambda: run("soft", None))
   else:
-    tokens, segment_ids = batch["encoder_input_tokens"], batch.get("encoder_segment_ids")
-    if stage_one is None:
-      stage_one = module.apply({"params": params}, tokens, segment_ids, enable_dropout,
-                               method=module.encode_stage_one, rngs=rngs or {})
-    kept = module.shortening.kept_counts(stage_one.gate, tokens, segment_ids)
+    stage_one, kept = stage_one_and_kept(module, params, batch, rngs, enable_dropout, stage_one)
     plan, fits = packing.plan_in_graph(kept, length, num_groups, rows_per_group)
     run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,
                             stage_one, objective.score_loss_coeff > 0)

@@ -286,13 +286,10 @@ class Trainer:
         k: v[None] for k, v in batch.items()}
     counts = []
     for index in range(num_micro):
-      tokens = micro["encoder_input_tokens"][index]
-      segment_ids = micro["encoder_segment_ids"][index] if "encoder_segment_ids" in micro else None
-      rngs = training_rngs(rng_lib.microbatch_key(rng, index, num_micro))
-      stage_one = self.module.apply({"params": params}, tokens, segment_ids,
-                                    self.enable_dropout, method=self.module.encode_stage_one,
-                                    rngs=rngs)
-      counts.append(self.module.shortening.kept_counts(stage_one.gate, tokens, segment_ids))
+      _, kept = objective_lib.stage_one_and_kept(
+          self.module, params, {k: v[index] for k, v in micro.items()},
+          training_rngs(rng_lib.microbatch_key(rng, index, num_micro)), self.enable_dropout)
+      counts.append(kept)
     return jnp.stack(counts)
 
   def packed_rows_for(self, state: dict, batch: Mapping[str, np.ndarray]) -> int:
