@@ -208,7 +208,6 @@ def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
   return plan, jnp.all(placed)
 
 
-
 def overflow_caps(row_length: int, rows: int, rows_per_group: int,
                   num_caps: int = 8) -> tuple[int, ...]:
   """Per-row caps on kept positions, longest first, for ``plan_in_graph_capped``.
