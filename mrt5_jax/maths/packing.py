@@ -177,6 +177,40 @@ def gather_unpacked(values: jax.Array, slots: jax.Array, num_groups: int) -> jax
   return out.reshape((batch, length) + values.shape[2:])
 
 
+_PLAN_UNROLL = 32
+
+
+def _first_fit_in_graph(kept: jax.Array, row_length: int,
+                        rows_per_group: int) -> tuple[jax.Array, jax.Array]:
+  """``first_fit_decreasing`` traced into ``rows_per_group`` bins, for every
+  leading index of ``kept`` (..., n) at once: (starts (..., n), fits (...,)).
+
+  One scan over the n rows with the leading dimensions batched into its body,
+  unrolled (in steps of up to ``_PLAN_UNROLL`` rows): a loop of small steps
+  costs a launch and a host round trip per step on a GPU.
+  """
+  lead, n = kept.shape[:-1], kept.shape[-1]
+  flat = kept.reshape(-1, n)
+  order = jnp.argsort(-flat, axis=-1, stable=True)
+  sorted_need = jnp.take_along_axis(flat, order, axis=-1)
+  column = jnp.arange(rows_per_group, dtype=jnp.int32)
+
+  def place(free, need):
+    room = free >= need[:, None]
+    index = jnp.argmax(room, axis=-1)
+    has_room = jnp.any(room, axis=-1)
+    chosen = column[None, :] == index[:, None]
+    start = index * row_length + (row_length - jnp.sum(jnp.where(chosen, free, 0), axis=-1))
+    free = free - jnp.where(chosen & has_room[:, None], need[:, None], 0)
+    return free, (start, has_room)
+
+  free = jnp.full((flat.shape[0], rows_per_group), row_length, jnp.int32)
+  _, (starts, placed) = jax.lax.scan(place, free, sorted_need.T, unroll=min(n, _PLAN_UNROLL))
+  starts = jnp.zeros_like(flat).at[jnp.arange(flat.shape[0])[:, None], order].set(starts.T)
+  return starts.reshape(lead + (n,)), jnp.all(placed, axis=0).reshape(lead)
+
+
+
 def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
                   rows_per_group: int) -> tuple[PackingPlan, jax.Array]:
   """``make_plan`` traced, for a packed shape fixed in advance (training).
@@ -186,26 +220,10 @@ def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
   (a scalar bool); where one did not, the plan must not be used.
   """
   kept = jnp.asarray(kept, jnp.int32)
-  grouped = kept.reshape(num_groups, -1)
-
-  def group_plan(group_kept):
-    order = jnp.argsort(-group_kept, stable=True)
-
-    def place(free, row):
-      need = group_kept[row]
-      room = free >= need
-      index = jnp.argmax(room)
-      start = index * row_length + (row_length - free[index])
-      return free.at[index].add(-need * room[index]), (start, room[index])
-
-    free = jnp.full((rows_per_group,), row_length, jnp.int32)
-    _, (starts, placed) = jax.lax.scan(place, free, order)
-    return jnp.zeros_like(group_kept).at[order].set(starts), jnp.all(placed)
-
-  starts, placed = jax.vmap(group_plan)(grouped)
+  starts, fits = _first_fit_in_graph(kept.reshape(num_groups, -1), row_length, rows_per_group)
   plan = PackingPlan(starts=starts.reshape(-1), kept=kept, num_groups=num_groups,
                      rows_per_group=rows_per_group, row_length=row_length)
-  return plan, jnp.all(placed)
+  return plan, jnp.all(fits)
 
 
 def overflow_caps(row_length: int, rows: int, rows_per_group: int,
@@ -233,12 +251,13 @@ def plan_in_graph_capped(kept: jax.Array, row_length: int, num_groups: int,
   then the plan is ``plan_in_graph``'s.
   """
   kept = jnp.asarray(kept, jnp.int32)
-  caps = overflow_caps(row_length, kept.shape[0] // num_groups, rows_per_group, num_caps)
-  plans, fits = zip(*(plan_in_graph(jnp.minimum(kept, cap), row_length, num_groups,
-                                    rows_per_group) for cap in caps))
-  chosen = jnp.argmax(jnp.stack(fits))  # the first (largest) cap that fits; the last always does
-  starts = jnp.stack([plan.starts for plan in plans])[chosen]
-  placed = jnp.minimum(kept, jnp.asarray(caps, jnp.int32)[chosen])
+  caps = jnp.asarray(overflow_caps(row_length, kept.shape[0] // num_groups, rows_per_group,
+                                   num_caps), jnp.int32)
+  capped = jnp.minimum(kept[None, :], caps[:, None]).reshape(len(caps), num_groups, -1)
+  starts, fits = _first_fit_in_graph(capped, row_length, rows_per_group)
+  chosen = jnp.argmax(jnp.all(fits, axis=1))  # the first (largest) cap that fits; the last does
+  starts = starts[chosen].reshape(-1)
+  placed = jnp.minimum(kept, caps[chosen])
   plan = PackingPlan(starts=starts, kept=placed, num_groups=num_groups,
                      rows_per_group=rows_per_group, row_length=row_length)
   return plan, kept - placed
