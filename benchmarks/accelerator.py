@@ -10,6 +10,8 @@ keeps what it finished. Parts, in order:
   rows_spread  --rates 0.5 --row_rate_spread 0.1 (each row its own rate)
   rows_equal   --rates 0.5 --row_rate_spread 0   (every row the batch's rate)
   train_step   soft, per-row hard and packed hard train steps, the recipe's average
+  packing_ops  what a packed hard step adds, op by op (``studies.packing_ops_speed``;
+               seconds to compile, where ``train_step`` takes minutes)
 
 for every ``--dtypes`` entry, at ``--config`` (ByT5 Small by default), length
 1024, ``--batch`` rows; no BP/CP baselines (``mrt5-bench inference`` has them).
@@ -25,12 +27,17 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mrt5_jax.studies import inference_speed  # noqa: E402
+from mrt5_jax.studies import packing_ops_speed  # noqa: E402
 from mrt5_jax.studies import train_step_speed  # noqa: E402
 
-PARTS = ("rows_spread", "rows_equal", "train_step")
+PARTS = ("rows_spread", "rows_equal", "train_step", "packing_ops")
 
 
 def _run_part(part: str, args, dtype: str) -> dict:
+  if part == "packing_ops":
+    return packing_ops_speed.run_packing_ops_benchmark(
+        batch=args.batch, length=args.length, packed_rows=max(1, 5 * args.batch // 8),
+        repeats=max(args.repeats, 5))
   if part == "train_step":
     return train_step_speed.run_train_step_benchmark(
         args.config, length=args.length, target_length=args.target_length, batch=args.batch,

@@ -2,11 +2,15 @@ import importlib.util
 import json
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mrt5_jax.maths import relpos
 from mrt5_jax.model import flops
 from mrt5_jax.studies import inference_speed
+from mrt5_jax.studies import packing_ops_speed
 from mrt5_jax.model.config import preset
 from tests.fixtures import REPO_ROOT
 
@@ -195,5 +199,35 @@ def test_accelerator_script_writes_each_part_as_it_ends(monkeypatch, tmp_path):
   assert result["dtype"] == "bfloat16" and result["row_rate_spread"] == 0.0
   assert result["target_length"] == 8 and result["baselines"] == []
   assert [m["mode"] for m in result["rates"][0]["modes"]] == list(inference_speed.MODES)
+  ops_dir = tmp_path / "ops"
+  assert accelerator.main(["--output_dir", str(ops_dir), "--length", "32", "--batch", "8",
+                           "--repeats", "1", "--parts", "packing_ops"]) == 0
+  ops = json.load(open(ops_dir / "packing_ops_float32.json"))
+  assert (ops["batch"], ops["length"], ops["packed_rows"]) == (8, 32, 5)
+  assert sorted(ops["ms"]) == sorted(packing_ops_speed.OPS)
+  assert all(ms > 0 for ms in ops["ms"].values())
   with pytest.raises(SystemExit):
     accelerator.main(["--output_dir", str(tmp_path), "--parts", "everything"])
+
+
+def test_one_hot_bias_is_the_gathered_bias_and_has_its_gradient():
+  """The candidate formulation of the packed step's relative position bias against the
+  model's (T5's bucket table gathered per (query, key)), on packed-row positions."""
+  rng = np.random.default_rng(0)
+  table = jnp.asarray(rng.normal(size=(3, 32)), jnp.float32)
+  positions = jnp.asarray(np.sort(rng.integers(0, 400, size=(2, 24)), axis=1), jnp.int32)
+  cotangent = jnp.asarray(rng.normal(size=(2, 3, 24, 24)), jnp.float32)
+
+  def loss(formulation, t):
+    return jnp.sum(formulation(t, positions, positions, bidirectional=True) * cotangent)
+
+  gathered = relpos.bias_from_table(table, positions, positions, bidirectional=True)
+  np.testing.assert_allclose(packing_ops_speed.one_hot_bias(
+      table, positions, positions, bidirectional=True), gathered, rtol=1e-6, atol=1e-6)
+  buckets = np.asarray(relpos.relative_position_bucket(
+      positions[:, None, :] - positions[:, :, None], True))
+  expected = np.zeros((3, 32))  # d loss / d table[h, n]: the cotangent summed over bucket n
+  np.add.at(expected.T, buckets, np.moveaxis(np.asarray(cotangent), 1, -1))
+  for formulation in (relpos.bias_from_table, packing_ops_speed.one_hot_bias):
+    np.testing.assert_allclose(jax.grad(lambda t: loss(formulation, t))(table), expected,
+                               rtol=1e-4, atol=1e-4)
