@@ -210,7 +210,6 @@ def _first_fit_in_graph(kept: jax.Array, row_length: int,
   return starts.reshape(lead + (n,)), jnp.all(placed, axis=0).reshape(lead)
 
 
-
 def plan_in_graph(kept: jax.Array, row_length: int, num_groups: int,
                   rows_per_group: int) -> tuple[PackingPlan, jax.Array]:
   """``make_plan`` traced, for a packed shape fixed in advance (training).

@@ -72,7 +72,7 @@ RECIPES = {
                         ("ObjectiveConfig.hard_delete_train_start = 200",
                          "ObjectiveConfig.hard_delete_train_ramp = 300")),
     # the shipped recipe with its hard-deletion batches packed into 3/4 of the
-    # rows (issue 17: a hard batch then costs less than a soft one)
+    # rows (issue 17: fewer rows after the gate; docs/benchmarks.md has its cost)
     "shipped_packed": Recipe("shipped_packed", ("runs/deletion_control.gin",),
                              ("ObjectiveConfig.hard_delete_train_packed_rows = 0.75",)),
     # late_hard with packing: hard batches only once the gate deletes

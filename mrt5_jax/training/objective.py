@@ -71,7 +71,8 @@ class ObjectiveConfig:
   hard_delete_train_packed_rows: 0: hard-deletion batches compact each row
     (above). Otherwise the share of the batch's rows that the kept positions
     of all rows are packed into (``mrt5_jax.maths.packing``; rows of the input
-    length), so a hard batch costs less than a soft one; a batch whose kept
+    length), so the layers after the gate run on fewer rows (cheaper than a
+    soft batch on a CPU, dearer on an H200: docs/benchmarks.md); a batch whose kept
     positions do not fit runs per-row hard deletion (the same loss up to float
     round-off). t5x's step plans in the step, into that share of the rows;
     the project trainer plans on the host from a stage-one pass, into the

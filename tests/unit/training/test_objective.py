@@ -1,10 +1,13 @@
 """Objective: CE/z-loss/normalisation against NumPy, gate terms, micro-batch additivity."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mrt5_jax.maths import controller as ctl
+from mrt5_jax.maths import packing
 from mrt5_jax.training import objective as obj
 from mrt5_jax.training import train_step
 from tests.fixtures import small_batch as make_batch
@@ -318,10 +321,11 @@ def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
   kept = np.asarray(module.shortening.kept_counts(
       module.apply({"params": params}, batch["encoder_input_tokens"], None, False,
                    method=module.encode_stage_one).gate, batch["encoder_input_tokens"], None))
-  from mrt5_jax.maths.packing import first_fit_decreasing
-  needed = max(first_fit_decreasing(group, 16)[1] for group in kept.reshape(groups, -1))
-  # packed rows per group: ceil(0.75 * 4 / groups) fit the batch, ceil(0.25 * 4 / groups) do not
-  assert 1 < needed <= -(-3 // groups)
+  # The setup this test relies on: first-fit decreasing needs more packed rows per group than
+  # the 0.25 share gives and no more than the 0.75 share gives (rows of the input length, 16).
+  needed = max(packing.first_fit_decreasing(group, 16)[1] for group in kept.reshape(groups, -1))
+  rows_per_group = kept.size // groups
+  assert math.ceil(0.25 * rows_per_group) < needed <= math.ceil(0.75 * rows_per_group), needed
   assert float(per_row_sums["packed_hard_batches"]) == 0.0
   assert float(packed_sums["packed_hard_batches"]) == 1.0
   # one packed row (per group) is too few: the batch falls back to per-row hard deletion
@@ -370,9 +374,8 @@ def test_host_drawn_hard_batches_run_one_branch_and_cap_what_does_not_fit(tiny_m
   overflow, overflow_sums = loss(0.25, True)   # one packed row of 16 for the whole batch
   keep = np.asarray(module.shortening.keep_mask(stage_one.gate, tokens, None))
   kept = keep.sum(-1)
-  from mrt5_jax.maths.packing import first_fit_decreasing, overflow_caps
-  cap = next(c for c in overflow_caps(16, 4, 1)
-             if first_fit_decreasing(np.minimum(kept, c), 16)[1] <= 1)
+  cap = next(c for c in packing.overflow_caps(16, 4, 1)
+             if packing.first_fit_decreasing(np.minimum(kept, c), 16)[1] <= 1)
   assert float(overflow_sums["num_dropped"]) == float((kept - np.minimum(kept, cap)).sum()) > 0
   assert float(overflow_sums["packed_hard_batches"]) == 1.0
   gate = np.asarray(stage_one.gate).copy()
