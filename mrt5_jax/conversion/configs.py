@@ -6,6 +6,7 @@ without custom code. No torch needed.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any, Optional
 
@@ -13,6 +14,7 @@ import numpy as np
 
 from mrt5_jax.model.config import SIZE_FIELDS, MrT5Config, size_of
 from mrt5_jax.model.shortening.registry import DELETION_TYPES, SHORTENINGS, shortening_for
+from mrt5_jax.model.shortening.settings import DeleteGateConfig
 from mrt5_jax.model import layer_stacking
 from mrt5_jax.maths import trees
 
@@ -91,8 +93,18 @@ def to_hf_config(config: MrT5Config, dtype: str = "float32") -> dict[str, Any]:
   }
   if not plain:
     values["has_absolute_position_embeddings"] = False
-    values.update({key: getattr(config, key) for key in GATE_KEYS})
+    values.update(hf_gate_settings(config))
   return values
+
+
+def hf_gate_settings(config: MrT5Config) -> dict[str, Any]:
+  """The flat gate keys of an "mrt5" ``config.json`` (the published names); a
+  gate-less softmax1 model writes the default gate's, which it never reads."""
+  gate = config.shortening
+  if not isinstance(gate, DeleteGateConfig):
+    gate = DeleteGateConfig().resolved("scaled_sigmoid")
+  values = dataclasses.asdict(gate)
+  return {key: values[key] if key in values else getattr(config, key) for key in GATE_KEYS}
 
 
 def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
@@ -232,6 +244,6 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
 
 def _with_size_name(fields: dict) -> MrT5Config:
   """``MrT5Config`` of explicit fields, naming the ByT5 size when the shapes are one."""
-  config = MrT5Config(size=None, **fields)
+  config = MrT5Config.from_dict(dict(fields, size=None))
   return config.replace(size=size_of(config), **{k: getattr(config, k) for k in SIZE_FIELDS})
 

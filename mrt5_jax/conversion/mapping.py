@@ -87,7 +87,7 @@ def parameter_table(config: MrT5Config) -> list[Entry]:
   norm(("encoder", "encoder_norm"), "encoder.final_layer_norm.weight")
   if shortening_for(cfg).learned_gate:
     gate, hf = ("encoder", "delete_gate"), f"encoder.block.{cfg.delete_gate_layer}.delete_gate"
-    if cfg.gate_layer_norm:
+    if cfg.shortening.gate_layer_norm:
       norm(gate + ("layer_norm",), f"{hf}.layer_norm.weight")
     add(gate + ("dense", "kernel"), f"{hf}.feed_forward.weight", (cfg.d_model, 1))
     add(gate + ("dense", "bias"), f"{hf}.feed_forward.bias", (1,), transpose=False)

@@ -20,10 +20,13 @@ from gin import config_parser
 
 from mrt5_jax.checkpointing import config_files
 from mrt5_jax.model.config import MrT5Config
+from mrt5_jax.model.shortening.settings import SETTINGS_FOR_KIND, nest_flat_keys
 import mrt5_jax.conversion.configs as configs
 
 GIN_FILE = "config.gin"
 CONFIGURABLE = "MrT5Config"
+# The shortening settings classes a run may bind beside MrT5Config (``MrT5Config.shortening``).
+SETTINGS_CONFIGURABLES = tuple(sorted({cls.__name__ for cls in SETTINGS_FOR_KIND.values()}))
 # What a gated checkpoint needs from somewhere other than its parameter tree; the
 # threshold, when not given, is sigmoid_mask_scale / 2 (MrT5Config's definition).
 REQUIRED_GATE_SETTINGS = ("delete_gate_layer", "sigmoid_mask_scale", "use_softmax1")
@@ -55,7 +58,7 @@ def _resolve(value: Any, macros: Mapping[str, Any], path: str, field: str, seen=
   if value.kind == "%" and value.name in macros and value.name not in seen:
     return _resolve(macros[value.name], macros, path, field, seen + (value.name,))
   what = "an unbound or circular macro" if value.kind == "%" else "a configurable reference"
-  raise ValueError(f"{path}: MrT5Config.{field} is {what} ({value.kind}{value.name}); give the "
+  raise ValueError(f"{path}: {field} is {what} ({value.kind}{value.name}); give the "
                    "setting explicitly")
 
 
@@ -65,11 +68,15 @@ def read_gin_bindings(path: str) -> Optional[dict]:
   Reads files like the ``config.gin`` t5x writes (``gin.config_str()``):
   macro lines (``USE_SOFTMAX1 = True``) and parameter lines
   (``config.MrT5Config.use_softmax1 = %USE_SOFTMAX1``, any module prefix).
-  Scoped bindings of MrT5Config are ambiguous and refused.
+  The shortening settings classes' bindings (``DeleteGateConfig.sigmoid_mask_scale``)
+  come back under ``shortening`` as a dict per class name; ``MrT5Config.shortening
+  = @DeleteGateConfig()`` names the class whose bindings it takes.
+  Scoped bindings of these classes are ambiguous and refused.
   """
   with open(path) as f:
     text = f.read()
-  macros, fields, scoped = {}, {}, []
+  macros, scoped = {}, []
+  bound = {name: {} for name in (CONFIGURABLE, *SETTINGS_CONFIGURABLES)}
   try:
     for statement in config_parser.ConfigParser(text, _Delegate()):
       if isinstance(statement, config_parser.IncludeStatement):
@@ -77,29 +84,53 @@ def read_gin_bindings(path: str) -> Optional[dict]:
                          "gin config (the config.gin a run writes)")
       if not isinstance(statement, config_parser.BindingStatement):
         continue
+      name = statement.selector.split(".")[-1]
       if not statement.arg_name and not statement.scope and "." not in statement.selector:
         macros[statement.selector] = statement.value
-      elif statement.selector.split(".")[-1] == CONFIGURABLE and statement.arg_name:
+      elif name in bound and statement.arg_name:
         if statement.scope:
           scoped.append(f"{statement.scope}/{statement.selector}.{statement.arg_name}")
         else:
-          fields[statement.arg_name] = statement.value
+          bound[name][statement.arg_name] = statement.value
   except SyntaxError as error:
     raise ValueError(f"cannot parse {path}: {error}") from None
   if scoped:
-    raise ValueError(f"{path} binds MrT5Config under scopes ({', '.join(scoped)}); cannot tell "
-                     "which one the model used: give the gate settings explicitly")
-  if not fields:
+    raise ValueError(f"{path} binds {', '.join(scoped)} under scopes; cannot tell which one "
+                     "the model used: give the gate settings explicitly")
+  fields = bound.pop(CONFIGURABLE)
+  reference = fields.pop("shortening", None)
+  if isinstance(reference, _Reference) and reference.kind == "@":
+    name = reference.name.split(".")[-1].split("/")[-1]
+    if name not in bound:
+      raise ValueError(f"{path}: MrT5Config.shortening is @{reference.name}, not one of "
+                       f"{list(SETTINGS_CONFIGURABLES)}")
+  elif reference is not None:
+    fields["shortening"] = reference
+  if not fields and not any(bound.values()):
     return None
-  return {name: _resolve(value, macros, path, name) for name, value in fields.items()}
+  resolved = {key: _resolve(value, macros, path, f"MrT5Config.{key}")
+              for key, value in fields.items()}
+  settings = {name: {key: _resolve(value, macros, path, f"{name}.{key}")
+                     for key, value in values.items()}
+              for name, values in bound.items() if values}
+  if settings:
+    resolved["shortening_bindings"] = settings
+  return resolved
 
 
 def config_from_gin(path: str) -> Optional[MrT5Config]:
-  """The ``MrT5Config`` the run of ``path`` built (its bindings over the class defaults)."""
+  """The ``MrT5Config`` the run of ``path`` built (its bindings over the class defaults,
+  its shortening settings from the bindings of the kind's settings class)."""
   fields = read_gin_bindings(path)
   if fields is None:
     return None
+  bindings = fields.pop("shortening_bindings", {})
+  fields = nest_flat_keys(fields)  # runs before the settings were nested bound them flat
   try:
+    kind_class = SETTINGS_FOR_KIND.get(fields.get("deletion_type", "scaled_sigmoid"))
+    if kind_class is not None and kind_class.__name__ in bindings:
+      fields["shortening"] = {**(fields.get("shortening") or {}),
+                              **bindings[kind_class.__name__]}
     return MrT5Config(**fields)
   except (TypeError, ValueError) as error:
     raise ValueError(f"{path}: its MrT5Config bindings do not make a valid config: "
@@ -107,8 +138,8 @@ def config_from_gin(path: str) -> Optional[MrT5Config]:
 
 
 def _check_agreement(config: MrT5Config, settings: Mapping[str, Any], source: str) -> None:
-  conflicts = [f"{key}={value!r} (the file has {getattr(config, key)!r})"
-               for key, value in settings.items() if getattr(config, key) != value]
+  conflicts = [f"{key}={value!r} (the file has {config.flat_setting(key)!r})"
+               for key, value in settings.items() if config.flat_setting(key) != value]
   if conflicts:
     raise ValueError(f"explicit gate settings contradict {source}: " + "; ".join(conflicts))
 

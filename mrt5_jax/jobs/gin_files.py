@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Sequence
 
 import gin
 
 from mrt5_jax import configs
+from mrt5_jax.model.shortening.settings import FLAT_KEYS
 
 
 def configs_dir() -> str:
@@ -74,4 +76,14 @@ def parse(files: Sequence[str], bindings: Sequence[str] = (),
                                         skip_unknown=list(skip_unknown) or False)
   except (ValueError, gin.config.ParseError if hasattr(gin.config, "ParseError") else ValueError,
           SyntaxError) as e:
-    raise ValueError(f"gin configuration error: {e}") from None
+    raise ValueError(f"gin configuration error: {e}{_moved_setting_hint(str(e))}") from None
+
+
+def _moved_setting_hint(message: str) -> str:
+  """Where a shortening setting bound on ``MrT5Config`` (as older gin files did) lives now."""
+  match = re.search(r"'MrT5Config' doesn't have a parameter named '(\w+)'", message)
+  if not match or match.group(1) not in FLAT_KEYS:
+    return ""
+  cls, field = FLAT_KEYS[match.group(1)]
+  return (f"\nThe shortening settings are nested now: bind {cls.__name__}.{field} "
+          "(docs/architecture.md).")

@@ -5,7 +5,7 @@ Streams (flax rng collections the network and the objective draw from):
 
 * ``dropout``: dropout (training only).
 * ``deletion``: the random-deletion baseline's gate, and BP's boundary
-  sampling outside training when ``bp_sample_at_inference``.
+  sampling outside training when ``BoundaryPoolingConfig.sample_at_inference``.
 * ``gate_noise``: Gumbel noise on the gate logits and BP's relaxed-Bernoulli
   sample (training only).
 * ``hard_delete``: whether a training batch runs with hard deletion

@@ -15,44 +15,10 @@ from typing import Any, Optional
 
 import gin
 
-# ``deletion_type`` of plain ByT5: no layer shortens the encoder. Every other
-# value names a ``mrt5_jax.model.shortening`` implementation; which ones exist,
-# what each does and what it needs are that package's business (its
-# ``registry`` refuses unknown values when the encoder is built).
-NO_SHORTENING = "none"
-# The published code's loader uses this threshold for the log-sigmoid gate.
-LOG_SIGMOID_THRESHOLD = -5.0
-
-# Byte ids of the fixed-deletion baseline's word separators (space, ASCII
-# punctuation, digits' neighbours and EOS), the set the published MrT5 code uses.
-FIXED_DELETION_SEPARATOR_IDS = (
-    12, 13, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50,
-    61, 62, 63, 64, 65, 66, 67, 94, 95, 96, 97, 98, 99, 126, 127, 128, 129, 1,
-)
-
-
-def gate_range_error(deletion_type: str, scale: float, threshold: float) -> Optional[str]:
-  """Why ``sigmoid_mask_scale`` / ``deletion_threshold`` cannot run, or None when they can.
-
-  The scaled sigmoid gives G in (scale, 0), so its threshold must lie strictly
-  between scale and 0. The log-sigmoid gate gives G = log sigmoid(logit) in
-  (-inf, 0) whatever the scale, which only sets the value of pad positions
-  (never counted, kept or deleted): its threshold need only be negative, as the
-  published code accepts (e.g. scale -10 with threshold -15).
-  """
-  if not scale < 0:
-    return f"sigmoid_mask_scale must be negative (pad positions get it), got {scale}"
-  if deletion_type == "log_sigmoid":
-    if not threshold < 0:
-      return (f"deletion_threshold={threshold} must be negative: the log-sigmoid gate's "
-              "values lie below 0, so a threshold at or above 0 deletes every position")
-    return None
-  if not scale < threshold < 0:
-    return (f"deletion_threshold={threshold} must lie strictly between "
-            f"sigmoid_mask_scale={scale} and 0 (the {deletion_type} gate's values lie in "
-            "(scale, 0))")
-  return None
-
+from mrt5_jax.model.shortening import settings as shortening_settings
+from mrt5_jax.model.shortening.settings import (  # re-exported: the gate's range rule
+    FIXED_DELETION_SEPARATOR_IDS, LOG_SIGMOID_THRESHOLD, NO_SHORTENING, ShorteningConfig,
+    gate_range_error)
 
 SIZES = {
     "tiny": dict(d_model=64, d_ff=128, num_heads=4, head_dim=16,
@@ -80,7 +46,7 @@ LEGACY_INFERENCE_KEYS = ("hard_deletion_mode", "bucket_step", "min_bucket_length
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MrT5Config:
-  """Architecture and delete-gate settings.
+  """Architecture and shortening settings.
 
   ``size`` names a ByT5 size (``SIZES``: tiny, small, base, large, xl); the
   size fields left as None (d_model, d_ff, num_heads, head_dim, layer counts,
@@ -99,18 +65,17 @@ class MrT5Config:
   ``mrt5_jax.model.shortening`` (``registry.shortening_for(config)``, which
   refuses a name it does not know when the encoder is built).
   Every type but ``none`` shortens the encoder at the input of layer
-  ``delete_gate_layer`` (the one layer-placement knob). BP: ``bp_temperature``
-  and ``bp_prior`` (relaxed Bernoulli and binomial prior, published 0.5 and
-  0.2); ``bp_capacity_fraction`` sets the static number of segment slots in
-  training (segments past it are dropped and counted);
-  ``bp_sample_at_inference`` draws the boundaries outside training too (a
-  relaxed-Bernoulli sample thresholded at 0.5, i.e. boundary ~ Bernoulli(p),
-  as the published code does at evaluation; from the ``deletion`` rng, else a
-  fixed key), where the default takes the probabilities above 0.5. CP:
-  ``cp_rate`` positions per pooled slot (published 4).
-  ``deletion_threshold`` None means ``sigmoid_mask_scale / 2`` (log-sigmoid:
-  -5, as the published loader). ``use_gumbel_noise`` adds Gumbel noise to the
-  gate logits in training (needs the ``gate_noise`` rng).
+  ``delete_gate_layer`` (the one layer-placement knob). ``shortening`` holds
+  the kind's own settings (``mrt5_jax.model.shortening.settings``):
+  ``DeleteGateConfig`` for the gates and the random / fixed baselines (scale,
+  threshold, gate norm, Gumbel noise, the baselines' rates), ``BoundaryPoolingConfig``
+  for BP (temperature, prior, capacity, sampling at inference) and
+  ``ConvPoolingConfig`` for CP (rate); None for ByT5. Left as None, it is the
+  kind's settings as gin binds them (``DeleteGateConfig.sigmoid_mask_scale = -30.0``);
+  a dict of the kind's fields also works. ``deletion_threshold`` and
+  ``sigmoid_mask_scale`` read the kind's (the pooling baselines' slot-marker
+  constants, which ByT5 shares). ``use_softmax1`` (softmax with 1 added to the
+  denominator) applies to every attention layer.
 
   Execution knobs (``EXECUTION_FIELDS``: the same function, other memory and
   speed; the Hugging Face config never carries them):
@@ -147,18 +112,8 @@ class MrT5Config:
 
   deletion_type: str = "scaled_sigmoid"
   delete_gate_layer: Optional[int] = None
-  sigmoid_mask_scale: float = -30.0
-  deletion_threshold: Optional[float] = None
-  gate_layer_norm: bool = True
-  use_gumbel_noise: bool = False
+  shortening: Optional[ShorteningConfig] = None
   use_softmax1: bool = False
-  random_deletion_probability: float = 0.5
-  fixed_deletion_amount: float = 0.5
-  bp_temperature: float = 0.5
-  bp_prior: float = 0.2
-  bp_capacity_fraction: float = 0.5
-  bp_sample_at_inference: bool = False
-  cp_rate: int = 4
 
   remat_policy: str = "none"
   scan_layers: bool = False
@@ -173,37 +128,20 @@ class MrT5Config:
       for name, value in SIZES[self.size].items():
         if getattr(self, name) is None:
           object.__setattr__(self, name, value)
-    # plain ByT5 has no shortening layer; what shortens the others (and what
-    # it needs): mrt5_jax.model.shortening.registry.shortening_for(config)
-    shortens = self.deletion_type != NO_SHORTENING
+    # plain ByT5 has no shortening layer and no settings; what shortens the
+    # others: mrt5_jax.model.shortening.registry.shortening_for(config)
+    shortens = shortening_settings.shortens(self.deletion_type)
     missing = [name for name in SIZE_FIELDS if getattr(self, name) is None
                and (name != "delete_gate_layer" or shortens)]
     if missing:
       raise ValueError(f"MrT5Config with size=None needs {missing} (or name a size: "
                        f"{sorted(SIZES)})")
-    if self.deletion_threshold is None:
-      threshold = (LOG_SIGMOID_THRESHOLD if self.deletion_type == "log_sigmoid"
-                   else self.sigmoid_mask_scale / 2.0)
-      object.__setattr__(self, "deletion_threshold", threshold)
     if shortens and not 0 <= self.delete_gate_layer < self.num_encoder_layers:
       raise ValueError(
           f"delete_gate_layer={self.delete_gate_layer} must lie in "
           f"[0, num_encoder_layers={self.num_encoder_layers})")
-    error = gate_range_error(self.deletion_type, self.sigmoid_mask_scale,
-                             self.deletion_threshold)
-    if error:
-      raise ValueError(error)
-    for name in ("random_deletion_probability", "fixed_deletion_amount"):
-      if not 0.0 <= getattr(self, name) <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1]")
-    if not self.bp_temperature > 0:
-      raise ValueError(f"bp_temperature must be positive, got {self.bp_temperature}")
-    if not 0.0 < self.bp_prior < 1.0:
-      raise ValueError(f"bp_prior must lie in (0, 1), got {self.bp_prior}")
-    if not 0.0 < self.bp_capacity_fraction <= 1.0:
-      raise ValueError(f"bp_capacity_fraction must lie in (0, 1], got {self.bp_capacity_fraction}")
-    if not isinstance(self.cp_rate, int) or self.cp_rate < 1:
-      raise ValueError(f"cp_rate must be a positive int, got {self.cp_rate!r}")
+    object.__setattr__(self, "shortening",
+                       shortening_settings.settings_for(self.deletion_type, self.shortening))
     if self.remat_policy not in REMAT_POLICIES:
       raise ValueError(f"remat_policy must be one of {REMAT_POLICIES}, got {self.remat_policy!r}")
     if self.attention_impl not in ATTENTION_IMPLS:
@@ -218,7 +156,7 @@ class MrT5Config:
   def gate_layer(self) -> int:
     """The layer the shortening sits at, i.e. the first one after it (the
     encoder's length for ByT5: ``deletion_type`` 'none')."""
-    if self.deletion_type == NO_SHORTENING:
+    if not shortening_settings.shortens(self.deletion_type):
       return self.num_encoder_layers
     return self.delete_gate_layer
 
@@ -226,24 +164,67 @@ class MrT5Config:
   def inner_dim(self) -> int:
     return self.num_heads * self.head_dim
 
+  @property
+  def deletion_threshold(self) -> float:
+    """Positions whose G lies below this count as deleted (the kind's threshold)."""
+    return (self.shortening or shortening_settings.NO_SETTINGS).deletion_threshold
+
+  @property
+  def sigmoid_mask_scale(self) -> float:
+    """The value G takes on pads (the gate's scale k, or the slot-marker scale)."""
+    return (self.shortening or shortening_settings.NO_SETTINGS).sigmoid_mask_scale
+
+  def flat_setting(self, name: str) -> Any:
+    """A setting by its flat name (the Hugging Face config's, and older
+    model_config.json files'): a field of this config or its scale and threshold,
+    else the shortening settings' field it became (``bp_prior`` is
+    ``shortening.prior``); None where this kind has no such setting."""
+    if name in {f.name for f in dataclasses.fields(self)} or hasattr(type(self), name):
+      return getattr(self, name)
+    if name not in shortening_settings.FLAT_KEYS:
+      raise ValueError(f"unknown MrT5Config setting {name!r}")
+    cls, field = shortening_settings.FLAT_KEYS[name]
+    return getattr(self.shortening, field) if isinstance(self.shortening, cls) else None
+
   def replace(self, **changes: Any) -> "MrT5Config":
-    """A copy with ``changes``; a new size or scale re-derives the fields that follow it."""
-    if (("sigmoid_mask_scale" in changes or "deletion_type" in changes)
-        and "deletion_threshold" not in changes):
-      changes["deletion_threshold"] = None
+    """A copy with ``changes``; a new size re-derives the size fields, a new
+    ``deletion_type`` keeps the settings when the kind takes the same ones (its
+    threshold re-derived) and takes the new kind's defaults otherwise."""
+    if "deletion_type" in changes and "shortening" not in changes:
+      same = (shortening_settings.settings_class(changes["deletion_type"])
+              is type(self.shortening) and self.shortening is not None)
+      changes["shortening"] = (self.shortening.unresolved() if same else None)
     if "size" in changes:
       for name in SIZE_FIELDS:
         changes.setdefault(name, None)
     return dataclasses.replace(self, **changes)
+
+  def with_shortening(self, **changes: Any) -> "MrT5Config":
+    """A copy whose shortening settings take ``changes``; a new gate scale
+    re-derives the threshold unless one is given."""
+    if self.shortening is None:
+      raise ValueError(f"deletion_type={self.deletion_type!r} has no shortening settings "
+                       f"to change ({sorted(changes)})")
+    settings = self.shortening
+    if "sigmoid_mask_scale" in changes and "deletion_threshold" not in changes:
+      settings = settings.unresolved()
+    try:
+      settings = dataclasses.replace(settings, **changes)
+    except TypeError as error:
+      raise ValueError(f"{type(settings).__name__} has no field among {sorted(changes)}: "
+                       f"{error}") from None
+    return dataclasses.replace(self, shortening=settings)
 
   def to_dict(self) -> dict:
     return dataclasses.asdict(self)
 
   @classmethod
   def from_dict(cls, values: dict) -> "MrT5Config":
-    """The inverse of ``to_dict``; also reads files written before sizes and
-    inference settings moved (their inference keys are ignored)."""
+    """The inverse of ``to_dict``; also reads files written before sizes,
+    inference settings and the shortening settings moved (their inference keys
+    are ignored, their flat shortening keys nested)."""
     values = {k: v for k, v in values.items() if k not in LEGACY_INFERENCE_KEYS}
+    values = shortening_settings.nest_flat_keys(values)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -57,15 +57,15 @@ def architecture_bindings(architecture: str, target: float, cp_rate: int) -> tup
     return (f"TARGET_DELETION_RATE = {target}",)
   if architecture == "random":
     return ("MrT5Config.deletion_type = 'random'",
-            f"MrT5Config.random_deletion_probability = {target}")
+            f"DeleteGateConfig.random_deletion_probability = {target}")
   if architecture == "fixed":
-    return ("MrT5Config.deletion_type = 'fixed'", f"MrT5Config.fixed_deletion_amount = {target}")
+    return ("MrT5Config.deletion_type = 'fixed'", f"DeleteGateConfig.fixed_deletion_amount = {target}")
   if architecture == "bp":
     # Every segment gets a slot (no segment dropped for want of static capacity).
-    return ("MrT5Config.deletion_type = 'boundary'", f"MrT5Config.bp_prior = {1.0 - target:.6g}",
-            "MrT5Config.bp_capacity_fraction = 1.0")
+    return ("MrT5Config.deletion_type = 'boundary'", f"BoundaryPoolingConfig.prior = {1.0 - target:.6g}",
+            "BoundaryPoolingConfig.capacity_fraction = 1.0")
   if architecture == "cp":
-    return ("MrT5Config.deletion_type = 'conv'", f"MrT5Config.cp_rate = {cp_rate}")
+    return ("MrT5Config.deletion_type = 'conv'", f"ConvPoolingConfig.rate = {cp_rate}")
   raise ValueError(f"unknown architecture {architecture!r}; choose from {ARCHITECTURES}")
 
 

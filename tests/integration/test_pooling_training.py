@@ -18,7 +18,7 @@ def _window_mean(history, key, last=15):
 
 def test_bp_trains_to_its_prior_and_refuses_conversion(tmp_path):
   prior = 0.2
-  config = model_config("trainer", deletion_type="boundary", bp_prior=prior)
+  config = model_config("trainer", deletion_type="boundary", shortening=dict(prior=prior))
   result = train_run(tmp_path / "bp", 60, dataset=diagnostic_dataset("copy", batch_size=8),
                      config=config)
   history = result.history
@@ -33,7 +33,7 @@ def test_bp_trains_to_its_prior_and_refuses_conversion(tmp_path):
 
 
 def test_cp_trains_at_its_fixed_reduction_and_refuses_conversion(tmp_path):
-  config = model_config("trainer", deletion_type="conv", cp_rate=4)
+  config = model_config("trainer", deletion_type="conv", shortening=dict(rate=4))
   result = train_run(tmp_path / "cp", 40, dataset=diagnostic_dataset("copy", batch_size=8),
                      config=config)
   history = result.history

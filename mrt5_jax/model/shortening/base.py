@@ -42,6 +42,9 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+# The model's ``mrt5_jax.model.config.MrT5Config`` (not imported: the implementations
+# sit below the config module, which nests their settings).
+ModelConfig = Any
 # Logical name of a one-wide score axis (the gate's, BP's; never sharded nor factored).
 GATE_SCORE_AXIS = "gate_score"
 # Loss terms every kind reports (0 where it has none), so metric sums always add up.

@@ -6,7 +6,7 @@ entering encoder layer ``delete_gate_layer``: RMSNorm, then dense (d_model ->
 d_ff) + exact GELU + dense (d_ff -> 1), Xavier-uniform kernels and biases -1
 as the published code; one boundary logit per position. In training the
 boundaries are a straight-through relaxed-Bernoulli sample (``gate_noise``
-rng) and a binomial prior (``bp_prior``) steers their rate; the positions of
+rng) and a binomial prior (``BoundaryPoolingConfig.prior``) steers their rate; the positions of
 each segment are mean-pooled into one slot, and the remaining layers run on
 the slots (a slot's relative position is its first input position).
 
@@ -24,16 +24,16 @@ import jax.numpy as jnp
 from mrt5_jax.maths import compaction
 from mrt5_jax.maths import pooling
 from mrt5_jax.model import layers
-from mrt5_jax.model.config import MrT5Config
 from mrt5_jax.maths import rng as rng_lib
 from mrt5_jax.model.shortening import base
+from mrt5_jax.model.shortening.base import ModelConfig
 from mrt5_jax.model.shortening.base import GATE_SCORE_AXIS
 
 BP_BIAS_INIT = -1.0
 
 
 class BoundaryPredictor(nn.Module):
-  config: MrT5Config
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, hidden: jax.Array) -> jax.Array:
@@ -50,18 +50,18 @@ class BoundaryPredictor(nn.Module):
 
 
 def boundaries(logits: jax.Array, real: jax.Array, segment_ids: Optional[jax.Array], *,
-               config: MrT5Config, rng: Optional[jax.Array]) -> jax.Array:
+               config: ModelConfig, rng: Optional[jax.Array]) -> jax.Array:
   """BP's pooling boundaries (B, L): a straight-through relaxed-Bernoulli sample
   with ``rng`` (training), or the probabilities above 0.5 (``rng`` None)."""
   if rng is None:
     chosen = pooling.inference_boundaries(logits)
   else:
     chosen = pooling.straight_through(
-        pooling.relaxed_bernoulli(rng, logits, config.bp_temperature))
+        pooling.relaxed_bernoulli(rng, logits, config.shortening.temperature))
   return pooling.segment_boundaries(chosen, real, segment_ids)
 
 
-def boundary_slots(config: MrT5Config, length: int, compacted_length: Optional[int],
+def boundary_slots(config: ModelConfig, length: int, compacted_length: Optional[int],
                    deletion: str) -> int:
   """BP's static slot count: ``compacted_length`` if given, else the training
   capacity (soft) or the input length (hard, which never drops a segment)."""
@@ -71,14 +71,14 @@ def boundary_slots(config: MrT5Config, length: int, compacted_length: Optional[i
     return compacted_length
   if deletion == "hard":
     return length
-  return pooling.capacity_slots(length, config.bp_capacity_fraction)
+  return pooling.capacity_slots(length, config.shortening.capacity_fraction)
 
 
 class BoundaryPooling(base.Shortening):
   """BP: boundaries, segment mean-pooling into static slots, the binomial prior.
 
   Soft (training) pools into ``compacted_length`` slots (default:
-  ``bp_capacity_fraction`` of the input length), hard into ``compacted_length``
+  ``BoundaryPoolingConfig.capacity_fraction`` of the input length), hard into ``compacted_length``
   (default: the input length).
   """
   name = "boundary"
@@ -97,14 +97,14 @@ class BoundaryPooling(base.Shortening):
 
   def read(self, host, module, hidden, tokens, segment_ids, deterministic) -> base.Reading:
     """Boundary logits and boundaries (sampled in training; outside training too
-    with ``bp_sample_at_inference``, from the 'deletion' rng, else a fixed key)."""
+    with ``BoundaryPoolingConfig.sample_at_inference``, from the 'deletion' rng, else a fixed key)."""
     cfg = self.config
     real = tokens > 0
     logits = module(hidden)
     rng = None
     if not deterministic:
       rng = host.make_rng(rng_lib.GATE_NOISE)
-    elif cfg.bp_sample_at_inference:
+    elif cfg.shortening.sample_at_inference:
       rng = (host.make_rng(rng_lib.DELETION) if host.has_rng(rng_lib.DELETION)
              else rng_lib.inference_key())
     chosen = boundaries(logits, real, segment_ids, config=cfg, rng=rng)
@@ -128,12 +128,12 @@ class BoundaryPooling(base.Shortening):
     losses = super().auxiliary_losses(forward, real, objective=objective, num_real=num_real,
                                       num_microbatches=num_microbatches)
     losses["boundary_loss"] = pooling.boundary_loss(forward["boundaries"], real,
-                                                    self.config.bp_prior) / num_microbatches
+                                                    self.config.shortening.prior) / num_microbatches
     return losses
 
   @property
   def length_reduction_target(self) -> Optional[float]:
-    return 1.0 - self.config.bp_prior
+    return 1.0 - self.config.shortening.prior
 
   def target_rate(self, controller_target: float) -> Optional[float]:
     return self.length_reduction_target

@@ -2,7 +2,7 @@
 
 ``ConvPool`` (``encoder/conv_pool``) reads the hidden state entering encoder
 layer ``delete_gate_layer``: RMSNorm, then a strided convolution (kernel
-``(cp_rate, d_model, d_model)``, bias) and exact GELU, so every ``cp_rate``
+``(rate, d_model, d_model)``, bias) and exact GELU, so every ``ConvPoolingConfig.rate``
 positions become one slot (a slot's relative position is its window's first
 position). Soft and hard are the same. Its per-position "gate" is
 ``pooling.slot_markers`` of the window starts.
@@ -18,38 +18,38 @@ import jax.numpy as jnp
 from mrt5_jax.maths import compaction
 from mrt5_jax.maths import pooling
 from mrt5_jax.model import layers
-from mrt5_jax.model.config import MrT5Config
 from mrt5_jax.model.shortening import base
+from mrt5_jax.model.shortening.base import ModelConfig
 
 # Logical name of CP's kernel-window axis (never sharded nor factored).
 POOL_WINDOW_AXIS = "pool_window"
 
 
 class ConvPool(nn.Module):
-  config: MrT5Config
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, hidden: jax.Array, real: jax.Array,
                segment_ids: Optional[jax.Array] = None) -> pooling.Pooled:
-    """hidden (B, L, E) -> ceil(L / cp_rate) pooled slots."""
+    """hidden (B, L, E) -> ceil(L / rate) pooled slots."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, dtype, name="layer_norm")(hidden)
     # torch Conv1d's default init: U(+-1/sqrt(fan_in)), fan_in = rate * d_model.
     init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
     kernel = layers.param_with_axes(
-        "kernel", init, (cfg.cp_rate, cfg.d_model, cfg.d_model), jnp.float32,
+        "kernel", init, (cfg.shortening.rate, cfg.d_model, cfg.d_model), jnp.float32,
         axes=(POOL_WINDOW_AXIS, "embed", "mlp"))
-    fan_in = cfg.cp_rate * cfg.d_model
+    fan_in = cfg.shortening.rate * cfg.d_model
     bound = fan_in ** -0.5
     bias = layers.param_with_axes(
         "bias", lambda key, shape, dtype: jax.random.uniform(key, shape, dtype, -bound, bound),
         (cfg.d_model,), jnp.float32, axes=("mlp",))
-    return pooling.conv_pool(x, kernel, bias, real, cfg.cp_rate, segment_ids)
+    return pooling.conv_pool(x, kernel, bias, real, cfg.shortening.rate, segment_ids)
 
 
 class ConvPooling(base.Shortening):
-  """CP: ceil(L / cp_rate) slots, soft and hard alike."""
+  """CP: ceil(L / rate) slots, soft and hard alike."""
   name = "conv"
   title = "CP (convolutional pooling)"
   verb = "pooled"
@@ -66,7 +66,7 @@ class ConvPooling(base.Shortening):
   def read(self, host, module, hidden, tokens, segment_ids, deterministic) -> base.Reading:
     """Its window markers (the convolution runs in ``soft``)."""
     real = tokens > 0
-    marks = pooling.slot_markers(pooling.window_markers(real, self.config.cp_rate), real,
+    marks = pooling.slot_markers(pooling.window_markers(real, self.config.shortening.rate), real,
                                  self.config.sigmoid_mask_scale)
     return base.Reading(gate=marks, gate_logits=marks)
 
@@ -75,7 +75,7 @@ class ConvPooling(base.Shortening):
 
   @property
   def length_reduction_target(self) -> Optional[float]:
-    return 1.0 - 1.0 / self.config.cp_rate
+    return 1.0 - 1.0 / self.config.shortening.rate
 
   def target_rate(self, controller_target: float) -> Optional[float]:
     return self.length_reduction_target

@@ -24,8 +24,9 @@ from mrt5_jax.maths import rng as rng_lib
 from mrt5_jax.maths import compaction
 from mrt5_jax.maths import gate_losses
 from mrt5_jax.model import layers
-from mrt5_jax.model.config import FIXED_DELETION_SEPARATOR_IDS, MrT5Config
+from mrt5_jax.model.shortening.settings import FIXED_DELETION_SEPARATOR_IDS
 from mrt5_jax.model.shortening import base
+from mrt5_jax.model.shortening.base import ModelConfig
 from mrt5_jax.model.shortening.base import GATE_SCORE_AXIS
 
 GUMBEL_EPS = 1e-10
@@ -94,7 +95,7 @@ class DeleteGate(nn.Module):
   average at start (the logit's spread of about sqrt(2) already deletes
   roughly a quarter of positions in a fresh gate).
   """
-  config: MrT5Config
+  config: ModelConfig
 
   def values(self, logits: jax.Array) -> jax.Array:
     """G from the gate logits."""
@@ -106,20 +107,20 @@ class DeleteGate(nn.Module):
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     """hidden (B, L, E), real (B, L) -> (G, gate logits), both (B, L) float32.
 
-    With ``use_gumbel_noise`` and ``deterministic=False`` (training) Gumbel
+    With ``DeleteGateConfig.use_gumbel_noise`` and ``deterministic=False`` (training) Gumbel
     noise from the ``gate_noise`` rng is added to the logits before G is
     computed; the returned logits include it, as the published code's do.
     """
     cfg = self.config
     x = hidden
-    if cfg.gate_layer_norm:
+    if cfg.shortening.gate_layer_norm:
       x = layers.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
                          name="layer_norm")(x)
     logits = layers.Dense(1, ("embed", GATE_SCORE_AXIS),
                           kernel_init=nn.initializers.xavier_uniform(), use_bias=True,
                           bias_init=nn.initializers.ones, bias_axes=(GATE_SCORE_AXIS,),
                           dtype=jnp.float32, name="dense")(x.astype(jnp.float32))[..., 0]
-    if cfg.use_gumbel_noise and not deterministic:
+    if cfg.shortening.use_gumbel_noise and not deterministic:
       logits = logits + gumbel_noise(self.make_rng(rng_lib.GATE_NOISE), logits.shape)
     return mask_pads(self.values(logits), real, cfg.sigmoid_mask_scale), logits
 
@@ -133,26 +134,27 @@ class LogSigmoidGate(DeleteGate):
 
 class RandomGate(nn.Module):
   """Random deletion (no parameters): G from the ``deletion`` rng; returns (G, G)."""
-  config: MrT5Config
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, hidden, real, tokens=None, deterministic: bool = True):
     cfg = self.config
-    gate = random_gate(self.make_rng(rng_lib.DELETION), real, cfg.random_deletion_probability,
+    gate = random_gate(self.make_rng(rng_lib.DELETION), real,
+                       cfg.shortening.random_deletion_probability,
                        cfg.sigmoid_mask_scale)
     return mask_pads(gate, real, cfg.sigmoid_mask_scale), gate
 
 
 class FixedGate(nn.Module):
   """Fixed deletion (no parameters): G from the input bytes; returns (G, G)."""
-  config: MrT5Config
+  config: ModelConfig
 
   @nn.compact
   def __call__(self, hidden, real, tokens=None, deterministic: bool = True):
     cfg = self.config
     if tokens is None:
       raise ValueError("the fixed-deletion baseline needs the input tokens")
-    gate = fixed_gate(tokens, cfg.fixed_deletion_amount, cfg.sigmoid_mask_scale)
+    gate = fixed_gate(tokens, cfg.shortening.fixed_deletion_amount, cfg.sigmoid_mask_scale)
     return mask_pads(gate, real, cfg.sigmoid_mask_scale), gate
 
 

@@ -50,8 +50,8 @@ def test_model_files_parse_and_build(path):
   if family in ("bp", "cp"):
     assert config.delete_gate_layer == (1 if size == "tiny" else 3)
     assert not config.use_softmax1
-    published = ((config.bp_temperature, config.bp_prior) == (0.5, 0.2) if family == "bp"
-                 else config.cp_rate == 4)
+    published = ((config.shortening.temperature, config.shortening.prior) == (0.5, 0.2) if family == "bp"
+                 else config.shortening.rate == 4)
     assert published
 
 
@@ -182,8 +182,13 @@ def test_flag_splitting_and_string_values():
   assert bindings == ["MODEL_DIR = '/tmp/run'", "TRAIN_STEPS = 10", "train.resume = False"]
 
 
+def test_a_flat_shortening_binding_names_where_it_moved():
+  with pytest.raises(ValueError, match=r"(?s)'bp_prior'.*bind BoundaryPoolingConfig\.prior"):
+    gin_files.parse(["models/bp_tiny.gin"], ["MrT5Config.bp_prior = 0.3"])
+
+
 def test_a_rebound_scale_moves_the_threshold_and_sizes_come_from_one_table():
-  gin_files.parse(["models/mrt5_small.gin"], ["MrT5Config.sigmoid_mask_scale = -100.0"])
+  gin_files.parse(["models/mrt5_small.gin"], ["DeleteGateConfig.sigmoid_mask_scale = -100.0"])
   config = config_lib.MrT5Config()
   assert config.deletion_threshold == -50.0
   assert config.size == "small" and config.delete_gate_layer == 3

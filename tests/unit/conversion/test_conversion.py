@@ -172,7 +172,7 @@ def test_state_dict_matches_transformers_models(gated_params, plain_params):
 
 def test_config_round_trip():
   for config in (GATED, PLAIN, preset("tiny", deletion_type="none", use_softmax1=True),
-                 preset("small", sigmoid_mask_scale=-10.0, deletion_threshold=-2.0)):
+                 preset("small", shortening=dict(sigmoid_mask_scale=-10.0, deletion_threshold=-2.0))):
     hf = configs.to_hf_config(config)
     back = configs.from_hf_config(json.loads(json.dumps(hf)))
     for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",
@@ -180,7 +180,8 @@ def test_config_round_trip():
       assert getattr(back, field) == getattr(config, field), field
     if shortening_for(config).shortens:
       for key in configs.GATE_KEYS:
-        assert getattr(back, key) == getattr(config, key), key
+        assert back.flat_setting(key) == config.flat_setting(key), key
+    assert back.shortening == config.shortening
   hf = configs.to_hf_config(GATED)
   assert hf["model_type"] == "mrt5" and hf["delete_gate_layer"] == 2 and hf["use_softmax1"]
   assert hf["has_absolute_position_embeddings"] is False and hf["tie_word_embeddings"] is False
@@ -205,7 +206,7 @@ def test_infer_config_from_shapes(gated_params, plain_params):
                                 sigmoid_mask_scale=-30.0)
   for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",
                 "num_decoder_layers", "deletion_type", "gate_layer_norm", "delete_gate_layer"):
-    assert getattr(config, field) == getattr(GATED, field), field
+    assert config.flat_setting(field) == GATED.flat_setting(field), field
   assert configs.infer_config(plain_params).deletion_type == "none"
   with pytest.raises(ValueError, match="contradicts"):
     configs.infer_config(gated_params, deletion_type="none")
@@ -537,7 +538,8 @@ T5X_CONFIG_GIN = os.path.join(TESTS_DIR, "data",
                               "t5x_mrt5_tiny_config.gin")
 # What that real t5x config.gin says (its macros; DELETE_GATE_LAYER = None takes the tiny
 # size's layer 1 from mrt5_jax.model.config.SIZES).
-T5X_TINY = preset("tiny", delete_gate_layer=1, use_softmax1=True, sigmoid_mask_scale=-30.0)
+T5X_TINY = preset("tiny", delete_gate_layer=1, use_softmax1=True,
+                  shortening=dict(sigmoid_mask_scale=-30.0))
 
 
 def test_t5x_config_gin_supplies_the_gate_settings(tmp_path, gated_params):
@@ -615,6 +617,21 @@ def test_gin_bindings_are_read_without_importing_the_configurables(tmp_path):
     read("config.MrT5Config.size = @sizes.pick()\n")
   with pytest.raises(ValueError, match="cannot parse"):
     read("config.MrT5Config.size = = 3\n")
+  nested = ("from __gin__ import dynamic_registration\nSCALE = -12.0\n"
+            "mrt5_jax.model.config.MrT5Config.size = 'tiny'\n"
+            "mrt5_jax.model.config.MrT5Config.shortening = @settings.DeleteGateConfig()\n"
+            "mrt5_jax.model.shortening.settings.DeleteGateConfig.sigmoid_mask_scale = %SCALE\n"
+            "BoundaryPoolingConfig.prior = 0.3\n")
+  assert read(nested) == {"size": "tiny", "shortening_bindings": {
+      "DeleteGateConfig": {"sigmoid_mask_scale": -12.0}, "BoundaryPoolingConfig": {"prior": 0.3}}}
+  path = tmp_path / "nested.gin"
+  path.write_text(nested)
+  gate = run_config.config_from_gin(str(path)).shortening
+  assert (gate.sigmoid_mask_scale, gate.deletion_threshold) == (-12.0, -6.0)
+  path.write_text(nested + "MrT5Config.deletion_type = 'boundary'\n")
+  assert run_config.config_from_gin(str(path)).shortening.prior == 0.3
+  with pytest.raises(ValueError, match="not one of"):
+    read("MrT5Config.shortening = @other.Settings()\n")
   path = tmp_path / "bad.gin"
   path.write_text("config.MrT5Config.delete_gate_layer = 9\nconfig.MrT5Config.size = 'tiny'\n")
   with pytest.raises(ValueError, match="delete_gate_layer=9 must lie"):

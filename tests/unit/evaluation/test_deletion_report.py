@@ -176,7 +176,7 @@ def test_pooling_models_say_pooled_not_deleted(tmp_path, capsys):
   from mrt5_jax.cli import inspect as inspect_cli
   from mrt5_jax.model.config import preset
   from mrt5_jax.model.network import Transformer
-  config = preset("tiny", deletion_type="conv", delete_gate_layer=1, cp_rate=4)
+  config = preset("tiny", deletion_type="conv", delete_gate_layer=1, shortening=dict(rate=4))
   tokens = np.full((1, 8), 5, np.int32)
   params = Transformer(config).init(jax.random.PRNGKey(0), tokens, tokens, tokens,
                                     enable_dropout=False)["params"]

@@ -10,7 +10,7 @@ from tests.fixtures import model_config as tiny_config
 
 
 def test_gate_value_matches_published_formula():
-  cfg = tiny_config(sigmoid_mask_scale=-30.0)
+  cfg = tiny_config(shortening=dict(sigmoid_mask_scale=-30.0))
   rng = np.random.RandomState(0)
   hidden = rng.randn(2, 5, cfg.d_model).astype(np.float32)
   real = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -109,7 +109,7 @@ def test_gumbel_noise_is_the_published_formula_and_only_in_training():
                        np.float64)
   np.testing.assert_allclose(noise, -np.log(-np.log(uniform)), rtol=1e-5, atol=1e-5)
   assert abs(noise.mean() - np.euler_gamma) < 0.06 and abs(noise.var() - np.pi**2 / 6) < 0.15
-  cfg = tiny_config(use_gumbel_noise=True)
+  cfg = tiny_config(shortening=dict(use_gumbel_noise=True))
   hidden = np.random.RandomState(0).randn(2, 5, cfg.d_model).astype(np.float32)
   real = np.ones((2, 5))
   module = gate_lib.DeleteGate(cfg)

@@ -315,10 +315,12 @@ def test_pooled_encoder_output_feeds_cross_attention():
 
 
 def test_pooling_configs_are_validated():
-  with pytest.raises(ValueError, match="bp_prior"):
-    model_config("network", deletion_type="boundary", bp_prior=1.0)
-  with pytest.raises(ValueError, match="cp_rate"):
-    model_config("network", deletion_type="conv", cp_rate=0)
+  with pytest.raises(ValueError, match="prior must lie"):
+    model_config("network", deletion_type="boundary", shortening=dict(prior=1.0))
+  with pytest.raises(ValueError, match="rate must be a positive int"):
+    model_config("network", deletion_type="conv", shortening=dict(rate=0))
+  with pytest.raises(ValueError, match="unknown ConvPoolingConfig fields"):
+    model_config("network", deletion_type="conv", shortening=dict(prior=0.2))
   config = model_config("network", deletion_type="conv")
   kind = shortening_for(config)
   assert kind.shortens and kind.module_name == "conv_pool" and not kind.trains_hard
@@ -369,7 +371,7 @@ def test_bp_inference_thresholds_the_probabilities_or_samples_them():
   score["bias"] = jnp.full_like(score["bias"], math.log(0.2 / 0.8))
   tokens = jnp.asarray(batch["encoder_input_tokens"])
   for sample, low, high in ((False, 1, 1), (True, 0.2 * 64 - 12, 0.2 * 64 + 12)):
-    m = type(module)(config.replace(bp_sample_at_inference=sample))
+    m = type(module)(config.with_shortening(sample_at_inference=sample))
     reading = m.apply({"params": params}, tokens, None, False, method=m.encode_stage_one)
     counts = np.asarray(reading.boundaries).sum(axis=1)
     assert np.all(counts >= low) and np.all(counts <= high), counts

@@ -1,4 +1,5 @@
-"""The shortening interface: a new method is one class and one registry entry."""
+"""The shortening interface: a new method is one class, one registry entry and its
+settings entry."""
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,8 @@ import pytest
 from mrt5_jax.inference.encode_path import EncodePath
 from mrt5_jax.maths import controller as controller_lib
 from mrt5_jax.model.network import Transformer
-from mrt5_jax.model.shortening import base, registry
+from mrt5_jax.model.config import MrT5Config
+from mrt5_jax.model.shortening import base, registry, settings
 from mrt5_jax.training import objective as objective_lib
 from tests.fixtures import as_tuple, byte_batch, model_config
 
@@ -55,7 +57,10 @@ class EveryOther(base.Shortening):
 @pytest.fixture
 def every_other(monkeypatch):
   monkeypatch.setitem(registry.SHORTENINGS, EveryOther.name, EveryOther)
-  return model_config("network", deletion_type=EveryOther.name)
+  monkeypatch.setitem(settings.SETTINGS_FOR_KIND, EveryOther.name, None)
+  config = model_config("network", deletion_type=EveryOther.name)
+  assert config.shortening is None and config.gate_layer == config.delete_gate_layer
+  return config
 
 
 def test_a_registered_shortening_runs_in_the_network_loss_and_inference(every_other):
@@ -87,10 +92,49 @@ def test_a_registered_shortening_runs_in_the_network_loss_and_inference(every_ot
   assert out.encoded.shape[1] == 6
 
 
-def test_an_unknown_deletion_type_is_refused_when_the_encoder_is_built():
-  config = model_config("network", deletion_type="no_such_method")
+def test_an_unknown_deletion_type_is_refused_when_the_config_is_built():
   with pytest.raises(ValueError, match="deletion_type must be one of"):
-    registry.shortening_for(config)
+    model_config("network", deletion_type="no_such_method")
+  with pytest.raises(ValueError, match="deletion_type must be one of"):
+    registry.shortening_class("no_such_method")
+
+
+def test_each_kind_nests_only_its_own_settings():
+  for name in registry.DELETION_TYPES:
+    config = model_config("network", deletion_type=name)
+    expected = settings.SETTINGS_FOR_KIND.get(name)
+    assert type(config.shortening) is (expected or type(None)), name
+    assert MrT5Config.from_json(config.to_json()) == config
+  gate = model_config("network").with_shortening(sigmoid_mask_scale=-8.0)
+  assert (gate.deletion_threshold, gate.sigmoid_mask_scale) == (-4.0, -8.0)
+  assert gate.replace(deletion_type="log_sigmoid").deletion_threshold == -5.0
+  assert gate.replace(deletion_type="conv").shortening == settings.ConvPoolingConfig(rate=4)
+  with pytest.raises(ValueError, match="takes DeleteGateConfig settings"):
+    model_config("network", shortening=settings.ConvPoolingConfig())
+  with pytest.raises(ValueError, match="takes no shortening settings"):
+    model_config("network", deletion_type="none", shortening=dict(rate=4))
+  with pytest.raises(ValueError, match="has no shortening settings"):
+    model_config("network", deletion_type="none").with_shortening(rate=4)
+
+
+def test_older_flat_model_configs_load_nested():
+  """model_config.json files written while the settings were flat MrT5Config fields."""
+  flat = {key: value for key, value in model_config("network").to_dict().items()
+          if key != "shortening"}
+  old_defaults = dict(sigmoid_mask_scale=-30.0, deletion_threshold=None, gate_layer_norm=True,
+                      use_gumbel_noise=False, random_deletion_probability=0.5,
+                      fixed_deletion_amount=0.5, bp_temperature=0.5, bp_prior=0.2,
+                      bp_capacity_fraction=0.5, bp_sample_at_inference=False, cp_rate=4)
+  gate = MrT5Config.from_dict({**flat, **old_defaults, "sigmoid_mask_scale": -10.0,
+                               "use_gumbel_noise": True})
+  assert gate.shortening == settings.DeleteGateConfig(
+      sigmoid_mask_scale=-10.0, deletion_threshold=-5.0, use_gumbel_noise=True)
+  bp = MrT5Config.from_dict({**flat, **old_defaults, "deletion_type": "boundary", "bp_prior": 0.3})
+  assert bp.shortening == settings.BoundaryPoolingConfig(prior=0.3)
+  cp = MrT5Config.from_dict({**flat, **old_defaults, "deletion_type": "conv", "cp_rate": 2})
+  assert cp.shortening == settings.ConvPoolingConfig(rate=2)
+  plain = MrT5Config.from_dict({**flat, **old_defaults, "deletion_type": "none"})
+  assert plain.shortening is None and plain.gate_layer == plain.num_encoder_layers
 
 
 def test_every_registered_kind_names_itself():

@@ -45,13 +45,14 @@ def test_every_architecture_shortens_at_the_same_layer_with_its_rate():
     assert config.deletion_type == kind
     assert config.delete_gate_layer == 1
     if architecture == "random":
-      assert config.random_deletion_probability == value
+      assert config.shortening.random_deletion_probability == value
     if architecture == "fixed":
-      assert config.fixed_deletion_amount == value
+      assert config.shortening.fixed_deletion_amount == value
     if architecture == "bp":
-      assert config.bp_prior == pytest.approx(value) and config.bp_capacity_fraction == 1.0
+      assert (config.shortening.prior == pytest.approx(value)
+              and config.shortening.capacity_fraction == 1.0)
     if architecture == "cp":
-      assert config.cp_rate == value
+      assert config.shortening.rate == value
   gin.clear_config()
   with pytest.raises(ValueError, match="unknown architecture"):
     study.architecture_bindings("mamba", 0.5, 4)

@@ -96,7 +96,8 @@ def test_small_span_corruption_is_the_papers_continued_pretraining():
           config["num_decoder_layers"]) == (1472, 3584, 6, 12, 4)
   assert config["size"] == "small"
   assert config["use_softmax1"] and config["delete_gate_layer"] == 3
-  assert config["sigmoid_mask_scale"] == -30.0 and config["deletion_threshold"] == -15.0
+  assert config["shortening"]["sigmoid_mask_scale"] == -30.0
+  assert config["shortening"]["deletion_threshold"] == -15.0
   assert run["controller"]["target_deletion_rate"] == 0.5
   # runs/deletion_published.gin, the same fragment the project trainer's recipe includes.
   assert (run["controller"]["kind"], run["controller"]["k_p"]) == ("pi", 0.5)
@@ -140,7 +141,10 @@ def test_eval_infer_and_cpu_files_parse(tool, gin_file, bindings):
   if "pooling" in gin_file:
     kind = "conv" if "DELETION_TYPE='conv'" in bindings else "boundary"
     assert run["config"]["deletion_type"] == kind and not run["config"]["use_softmax1"]
-    assert run["config"]["delete_gate_layer"] == 1 and run["config"]["cp_rate"] == 4
+    assert run["config"]["delete_gate_layer"] == 1
+    assert run["config"]["shortening"] == (
+        {"rate": 4} if kind == "conv" else
+        {"temperature": 0.5, "prior": 0.2, "capacity_fraction": 0.5, "sample_at_inference": False})
 
 
 def test_memory_macros_reach_the_network():

@@ -327,7 +327,7 @@ def test_hard_deletion_shortens_the_encoder_output():
 def test_random_deletion_baseline_gets_its_rng_stream_everywhere():
   """The random baseline needs a 'deletion' rng in init, training, eval and
   prediction; its measured rate follows random_deletion_probability."""
-  config = _config(deletion_type="random", random_deletion_probability=0.5)
+  config = _config(deletion_type="random", shortening=dict(random_deletion_probability=0.5))
   model = _model(config, inference_deletion="soft")
   batch = _batch(batch=4, length=64)
   variables = _variables(model, batch)
