@@ -14,7 +14,7 @@ import numpy as np
 
 from mrt5_jax.model.config import SIZE_FIELDS, MrT5Config, size_of
 from mrt5_jax.model.shortening.registry import DELETION_TYPES, SHORTENINGS, shortening_for
-from mrt5_jax.model.shortening.settings import DeleteGateConfig
+from mrt5_jax.model.shortening.settings import DeleteGateConfig, shortens
 from mrt5_jax.model import layer_stacking
 from mrt5_jax.maths import trees
 
@@ -160,7 +160,7 @@ def from_hf_config(values: Mapping[str, Any], **overrides: Any) -> MrT5Config:
 
 
 def _require_gate_settings(fields: Mapping[str, Any], where: str) -> None:
-  if fields.get("deletion_type", "scaled_sigmoid") == "none":
+  if not shortens(fields.get("deletion_type", "scaled_sigmoid")):
     return
   missing = [key for key in REQUIRED_GATE_KEYS if fields.get(key) is None]
   if missing:

@@ -20,7 +20,7 @@ from gin import config_parser
 
 from mrt5_jax.checkpointing import config_files
 from mrt5_jax.model.config import MrT5Config
-from mrt5_jax.model.shortening.settings import SETTINGS_FOR_KIND, nest_flat_keys
+from mrt5_jax.model.shortening.settings import SETTINGS_FOR_KIND, nest_flat_keys, shortens
 import mrt5_jax.conversion.configs as configs
 
 GIN_FILE = "config.gin"
@@ -172,7 +172,7 @@ def resolve(params: Mapping, model_dir: Optional[str], **settings: Any
 
   has_gate = "delete_gate" in params.get("encoder", {})
   deletion_type = settings.get("deletion_type") or ("scaled_sigmoid" if has_gate else "none")
-  if deletion_type != "none":
+  if shortens(deletion_type):
     in_tree = configs.gate_settings_in_tree(params)
     missing = [key for key in REQUIRED_GATE_SETTINGS if key not in settings and key not in in_tree]
     if missing:

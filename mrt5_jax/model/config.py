@@ -16,9 +16,7 @@ from typing import Any, Optional
 import gin
 
 from mrt5_jax.model.shortening import settings as shortening_settings
-from mrt5_jax.model.shortening.settings import (  # re-exported: the gate's range rule
-    FIXED_DELETION_SEPARATOR_IDS, LOG_SIGMOID_THRESHOLD, NO_SHORTENING, ShorteningConfig,
-    gate_range_error)
+from mrt5_jax.model.shortening.settings import ShorteningConfig
 
 SIZES = {
     "tiny": dict(d_model=64, d_ff=128, num_heads=4, head_dim=16,
@@ -55,15 +53,14 @@ class MrT5Config:
   (a custom size, as the converter writes for unnamed shapes) needs every
   size field. Sizes follow
   ByT5 (T5.1.1: gated GELU, RMS norm, relative position bias, untied output
-  projection). Gate fields follow the published MrT5 config so that converted
-  checkpoints carry the same keys. ``deletion_type``: ``scaled_sigmoid``
+  projection). ``deletion_type``: ``scaled_sigmoid``
   (MrT5, G = k sigmoid(-logit)), ``log_sigmoid`` (G = log sigmoid(logit)),
   the ``random`` and ``fixed`` baselines, the pooling baselines ``boundary``
   (BP: a boundary predictor and segment mean-pooling, Nawrot et al. 2023) and
   ``conv`` (CP: a CANINE-style strided convolution), or ``none`` (ByT5); the
   implementations and the one mapping from these names to them live in
-  ``mrt5_jax.model.shortening`` (``registry.shortening_for(config)``, which
-  refuses a name it does not know when the encoder is built).
+  ``mrt5_jax.model.shortening`` (``registry.shortening_for(config)``); a
+  name it does not know is refused when the config is built.
   Every type but ``none`` shortens the encoder at the input of layer
   ``delete_gate_layer`` (the one layer-placement knob). ``shortening`` holds
   the kind's own settings (``mrt5_jax.model.shortening.settings``):

@@ -194,8 +194,8 @@ class Encoder(nn.Module):
     ``compacted_length``: the static number of slots of hard shortening (the
     delete gate's default: the input length, which never overflows; see
     ``encode_path.InferenceConfig``); BP takes it in soft mode too (default
-    ``BoundaryPoolingConfig.capacity_fraction`` of the input length), CP always runs on
-    ceil(L / rate).
+    ``BoundaryPoolingConfig.capacity_fraction`` of the input length), CP always
+    runs on ceil(L / ``ConvPoolingConfig.rate``).
     """
     if deletion not in DELETION_MODES:
       raise ValueError(f"deletion must be one of {DELETION_MODES}, got {deletion!r}")

@@ -32,7 +32,7 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.models.t5.modeling_t5 import (T5Attention, T5ForConditionalGeneration,
                                                 T5LayerNorm, T5Stack)
 
-from mrt5_jax.model.config import FIXED_DELETION_SEPARATOR_IDS
+from mrt5_jax.model.shortening.settings import FIXED_DELETION_SEPARATOR_IDS
 from mrt5_jax.pytorch.configuration import MrT5Config
 
 # The published gates with weights (the PyTorch side mirrors the published

@@ -80,8 +80,9 @@ def compile_inference(setting: InferenceSetting, devices: Sequence, *,
   if batch % partitioner.data_size:
     raise ValueError(f"batch {batch} is not divisible by data-parallel size "
                      f"{partitioner.data_size}")
-  if config.deletion_type != "scaled_sigmoid":
-    raise ValueError("inference programs are compiled for the delete gate")
+  if not Transformer(config).shortening.packs:
+    raise ValueError("inference programs are compiled for a delete gate (a kind whose hard "
+                     f"shortening keeps positions), not {config.deletion_type!r}")
   abstract = trainer.abstract_variables(length, base.target_length)["params"]
   params = _with_shardings(abstract, trainer.state_shardings(length, base.target_length)["params"])
   tokens = jax.ShapeDtypeStruct((batch, length), jnp.int32, sharding=partitioner.data_sharding)

@@ -59,10 +59,12 @@ def architecture_bindings(architecture: str, target: float, cp_rate: int) -> tup
     return ("MrT5Config.deletion_type = 'random'",
             f"DeleteGateConfig.random_deletion_probability = {target}")
   if architecture == "fixed":
-    return ("MrT5Config.deletion_type = 'fixed'", f"DeleteGateConfig.fixed_deletion_amount = {target}")
+    return ("MrT5Config.deletion_type = 'fixed'",
+            f"DeleteGateConfig.fixed_deletion_amount = {target}")
   if architecture == "bp":
     # Every segment gets a slot (no segment dropped for want of static capacity).
-    return ("MrT5Config.deletion_type = 'boundary'", f"BoundaryPoolingConfig.prior = {1.0 - target:.6g}",
+    return ("MrT5Config.deletion_type = 'boundary'",
+            f"BoundaryPoolingConfig.prior = {1.0 - target:.6g}",
             "BoundaryPoolingConfig.capacity_fraction = 1.0")
   if architecture == "cp":
     return ("MrT5Config.deletion_type = 'conv'", f"ConvPoolingConfig.rate = {cp_rate}")

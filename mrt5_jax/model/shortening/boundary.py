@@ -6,9 +6,9 @@ entering encoder layer ``delete_gate_layer``: RMSNorm, then dense (d_model ->
 d_ff) + exact GELU + dense (d_ff -> 1), Xavier-uniform kernels and biases -1
 as the published code; one boundary logit per position. In training the
 boundaries are a straight-through relaxed-Bernoulli sample (``gate_noise``
-rng) and a binomial prior (``BoundaryPoolingConfig.prior``) steers their rate; the positions of
-each segment are mean-pooled into one slot, and the remaining layers run on
-the slots (a slot's relative position is its first input position).
+rng) and a binomial prior (``BoundaryPoolingConfig.prior``) steers their rate;
+the positions of each segment are mean-pooled into one slot, and the remaining
+layers run on the slots (a slot's relative position is its first input position).
 
 Its per-position "gate" is ``pooling.slot_markers``: 0 on each segment's
 boundary, k elsewhere, so the deletion metrics read as length reduction.
@@ -78,8 +78,8 @@ class BoundaryPooling(base.Shortening):
   """BP: boundaries, segment mean-pooling into static slots, the binomial prior.
 
   Soft (training) pools into ``compacted_length`` slots (default:
-  ``BoundaryPoolingConfig.capacity_fraction`` of the input length), hard into ``compacted_length``
-  (default: the input length).
+  ``BoundaryPoolingConfig.capacity_fraction`` of the input length), hard into
+  ``compacted_length`` (default: the input length).
   """
   name = "boundary"
   title = "BP (boundary predictor)"
@@ -97,7 +97,8 @@ class BoundaryPooling(base.Shortening):
 
   def read(self, host, module, hidden, tokens, segment_ids, deterministic) -> base.Reading:
     """Boundary logits and boundaries (sampled in training; outside training too
-    with ``BoundaryPoolingConfig.sample_at_inference``, from the 'deletion' rng, else a fixed key)."""
+    with ``BoundaryPoolingConfig.sample_at_inference``, from the 'deletion' rng,
+    else a fixed key)."""
     cfg = self.config
     real = tokens > 0
     logits = module(hidden)

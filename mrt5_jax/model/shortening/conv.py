@@ -2,8 +2,8 @@
 
 ``ConvPool`` (``encoder/conv_pool``) reads the hidden state entering encoder
 layer ``delete_gate_layer``: RMSNorm, then a strided convolution (kernel
-``(rate, d_model, d_model)``, bias) and exact GELU, so every ``ConvPoolingConfig.rate``
-positions become one slot (a slot's relative position is its window's first
+``(rate, d_model, d_model)``, bias) and exact GELU, so every
+``ConvPoolingConfig.rate`` positions become one slot (a slot's relative position is its window's first
 position). Soft and hard are the same. Its per-position "gate" is
 ``pooling.slot_markers`` of the window starts.
 """

@@ -172,7 +172,8 @@ def test_state_dict_matches_transformers_models(gated_params, plain_params):
 
 def test_config_round_trip():
   for config in (GATED, PLAIN, preset("tiny", deletion_type="none", use_softmax1=True),
-                 preset("small", shortening=dict(sigmoid_mask_scale=-10.0, deletion_threshold=-2.0))):
+                 preset("small",
+                        shortening=dict(sigmoid_mask_scale=-10.0, deletion_threshold=-2.0))):
     hf = configs.to_hf_config(config)
     back = configs.from_hf_config(json.loads(json.dumps(hf)))
     for field in ("vocab_size", "d_model", "d_ff", "num_heads", "head_dim", "num_encoder_layers",

@@ -5,7 +5,7 @@ import numpy as np
 from mrt5_jax.model.shortening import base as shortening_base
 from mrt5_jax.model.shortening import delete_gate as gate_lib
 from mrt5_jax.model.shortening.registry import shortening_for
-from mrt5_jax.model.config import FIXED_DELETION_SEPARATOR_IDS
+from mrt5_jax.model.shortening.settings import FIXED_DELETION_SEPARATOR_IDS
 from tests.fixtures import model_config as tiny_config
 
 
