@@ -18,7 +18,11 @@ The state is a dict of scalar arrays, kept by the trainer as the flax mutable
 collection ``'controller'`` (t5x: ``flax_mutables``) and checkpointed with it.
 ``step`` counts training steps seen; updates happen when
 ``step >= regularizer_delay`` and ``step % controller_step == 0``; before the
-delay the loss sees alpha = 0.
+delay the loss sees alpha = 0. With ``target_ramp_steps`` = R > 0 the target
+the controller steers to rises linearly from 0 once the delay has passed:
+target(step) = target_deletion_rate * min(1, (step - delay + 1) / R), so the
+gate is pushed to delete a little at first and more as it learns (a
+curriculum; the published code has no ramp).
 """
 from __future__ import annotations
 
@@ -40,7 +44,8 @@ class ControllerConfig:
 
   Defaults follow the published MrT5 training script (k_p 0.5, k_i 1e-5,
   update every step). ``alpha_min`` / ``alpha_max`` bound alpha (None: no
-  upper bound); every kind clips to them.
+  upper bound); every kind clips to them. ``target_ramp_steps``: steps over
+  which the target rises from 0 after the delay (0: the full target at once).
   """
   kind: str = "p"
   target_deletion_rate: float = 0.5
@@ -51,6 +56,7 @@ class ControllerConfig:
   initial_alpha: float = 0.0
   alpha_min: float = 0.0
   alpha_max: Optional[float] = None
+  target_ramp_steps: int = 0
 
   def __post_init__(self):
     if self.kind not in KINDS:
@@ -62,6 +68,8 @@ class ControllerConfig:
       raise ValueError(f"controller_step must be >= 1, got {self.controller_step}")
     if self.regularizer_delay < 0:
       raise ValueError("regularizer_delay must be >= 0")
+    if self.target_ramp_steps < 0:
+      raise ValueError(f"target_ramp_steps must be >= 0, got {self.target_ramp_steps}")
     upper = float("inf") if self.alpha_max is None else self.alpha_max
     if not self.alpha_min <= self.initial_alpha <= upper:
       raise ValueError(f"initial_alpha={self.initial_alpha} must lie in [alpha_min="
@@ -100,10 +108,19 @@ def effective_alpha(state: Mapping[str, jax.Array], config: ControllerConfig) ->
   return jnp.where(is_active(state, config), state["alpha"], 0.0).astype(jnp.float32)
 
 
+def current_target(state: Mapping[str, jax.Array], config: ControllerConfig) -> jax.Array:
+  """The deletion rate the controller steers to at this step (the ramp's, if any)."""
+  target = jnp.asarray(config.target_deletion_rate, jnp.float32)
+  if config.target_ramp_steps == 0:
+    return target
+  progress = (state["step"] - config.regularizer_delay + 1).astype(jnp.float32)
+  return target * jnp.clip(progress / config.target_ramp_steps, 0.0, 1.0)
+
+
 def update(state: Mapping[str, jax.Array], measured_rate: jax.Array,
            config: ControllerConfig) -> dict[str, jax.Array]:
   """Advance one training step with the measured deletion rate (scalar in [0, 1])."""
-  error = jnp.asarray(config.target_deletion_rate - measured_rate, jnp.float32)
+  error = jnp.asarray(current_target(state, config) - measured_rate, jnp.float32)
   alpha, p, i = state["alpha"], state["p"], state["i"]
   clip = lambda value: _clip(value, config)
   if config.kind == "p":

@@ -113,3 +113,29 @@ def test_bounds_are_checked():
     ctl.ControllerConfig(alpha_min=0.1)
   with pytest.raises(ValueError, match="kind"):
     ctl.ControllerConfig(kind="pid")
+
+
+def test_target_ramp_rises_from_zero_after_the_delay():
+  """P controller against a hand-written loop: the target after delay d over R steps
+  is target * min(1, (step - d + 1) / R); before the delay alpha stays 0."""
+  config = ctl.ControllerConfig(kind="p", target_deletion_rate=0.4, k_p=0.5,
+                                regularizer_delay=2, target_ramp_steps=4)
+  rates = [0.0, 0.0, 0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.4]
+  alphas, _ = _run(config, rates)
+  alpha, expected = 0.0, []
+  for step, rate in enumerate(rates):
+    expected.append(alpha if step >= 2 else 0.0)
+    if step >= 2:
+      target = 0.4 * min(1.0, (step - 2 + 1) / 4)
+      alpha = max(0.0, alpha + 0.5 * (target - rate))
+  np.testing.assert_allclose(alphas, expected, atol=1e-6)
+  state = ctl.init_state(config)
+  targets = []
+  for _ in range(8):
+    targets.append(float(ctl.current_target(state, config)))
+    state = ctl.update(state, np.float32(0.0), config)
+  np.testing.assert_allclose(targets, [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.4, 0.4], atol=1e-7)
+  flat = ctl.ControllerConfig(target_deletion_rate=0.4)
+  assert float(ctl.current_target(ctl.init_state(flat), flat)) == pytest.approx(0.4)
+  with pytest.raises(ValueError, match="target_ramp_steps"):
+    ctl.ControllerConfig(target_ramp_steps=-1)
