@@ -218,8 +218,9 @@ def infer_config(params: Mapping, **knobs: Any) -> MrT5Config:
                 head_dim=inner // heads, num_encoder_layers=count("encoder"),
                 num_decoder_layers=count("decoder"), relative_attention_num_buckets=buckets)
   if has_gate:
-    fields["deletion_type"] = ("log_sigmoid" if knobs.get("deletion_type") == "log_sigmoid"
-                               else "scaled_sigmoid")
+    asked = knobs.get("deletion_type")
+    learned = asked in SHORTENINGS and SHORTENINGS[asked].learned_gate
+    fields["deletion_type"] = asked if learned else "scaled_sigmoid"
     fields["gate_layer_norm"] = ("encoder", "delete_gate", "layer_norm", "scale") in flat
   else:
     fields["deletion_type"] = knobs.pop("deletion_type", None) or "none"
