@@ -89,6 +89,14 @@ def _write_summary(model_dir: str, metrics: Mapping[str, float]) -> None:
     json.dump(dict(metrics), f, indent=2, sort_keys=True)
 
 
+def _shown_target(trainer: Trainer, controller: controller_lib.ControllerConfig,
+                  step: int) -> Optional[float]:
+  """The target the progress line shows at ``step``: the controller's current one (its
+  ramp, if any) or the length reduction BP / CP set by themselves."""
+  now = controller_lib.current_target({"step": np.int32(step)}, controller)
+  return trainer.module.shortening.target_rate(float(now))
+
+
 def _read_summary(model_dir: str) -> dict:
   path = os.path.join(model_dir, SUMMARY_FILE)
   if not os.path.exists(path):
@@ -244,7 +252,7 @@ def train(*,
           metrics_host["step"] = step
           history.append(metrics_host)
           logger.info(summaries.progress_line(step, train_steps, metrics_host, rate,
-                                              target_rate))
+                                              _shown_target(trainer, controller, step)))
           summary_writer.scalars("train", step, metrics_host)
           window_start, window_examples = time.time(), 0
         if evaluator is not None and (step % eval_every == 0 or step == train_steps):
