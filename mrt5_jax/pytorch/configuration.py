@@ -9,10 +9,9 @@ from __future__ import annotations
 from huggingface_hub.dataclasses import strict
 from transformers import T5Config
 
-from mrt5_jax.model.shortening.settings import gate_range_error
+from mrt5_jax.model.shortening.settings import LOG_SIGMOID_THRESHOLD, gate_range_error
 
 DELETION_TYPES = ("scaled_sigmoid", "log_sigmoid", "random", "fixed", "none")
-LOG_SIGMOID_THRESHOLD = -5.0
 
 
 @strict
