@@ -74,7 +74,12 @@ class DeleteGateConfig:
   noise on the logits in training; needs the ``gate_noise`` rng);
   ``random_deletion_probability`` (``random``: each real position deleted with
   it); ``fixed_deletion_amount`` (``fixed``: the trailing share of every word
-  deleted). The names are the published MrT5 config's.
+  deleted). The names are the published MrT5 config's. ``gate_bias_init``: the
+  initial bias b of a fresh gate's projection, read only when parameters are
+  initialised (a checkpoint carries the trained bias; conversion ignores it). The
+  published 1.0 has a fresh gate delete about a quarter of the positions (the
+  logit's spread is about sqrt(2)); at 4.0 a fresh gate deletes almost none
+  (G about k sigmoid(-4), -0.5 for k = -30).
   """
 
   sigmoid_mask_scale: float = -30.0
@@ -83,6 +88,7 @@ class DeleteGateConfig:
   use_gumbel_noise: bool = False
   random_deletion_probability: float = 0.5
   fixed_deletion_amount: float = 0.5
+  gate_bias_init: float = 1.0
 
   def resolved(self, deletion_type: str) -> "DeleteGateConfig":
     """A copy with the threshold filled in for ``deletion_type``, checked."""

@@ -38,6 +38,28 @@ def test_fresh_gate_has_bias_one_so_a_neutral_input_gets_k_sigmoid_minus_one():
   np.testing.assert_allclose(gate, -30.0 / (1 + np.e), rtol=1e-5)
 
 
+def test_gate_bias_init_sets_a_fresh_gates_bias_and_what_it_deletes():
+  """A fresh gate on random hidden states: the configured bias, the published
+  formula's values for it (NumPy), and the share of positions below k / 2."""
+  hidden = np.random.RandomState(1).randn(4, 256, tiny_config().d_model).astype(np.float32)
+  real = np.ones(hidden.shape[:2])
+  shares = {}
+  for bias in (1.0, 4.0):
+    cfg = tiny_config(shortening=dict(gate_bias_init=bias))
+    module = gate_lib.DeleteGate(cfg)
+    variables = module.init(jax.random.PRNGKey(0), hidden, real)
+    params = variables["params"]
+    np.testing.assert_array_equal(params["dense"]["bias"], [bias])
+    gate, _ = module.apply(variables, hidden, real)
+    normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6)
+    normed = normed * np.asarray(params["layer_norm"]["scale"])
+    logits = normed @ np.asarray(params["dense"]["kernel"])[:, 0] + bias
+    np.testing.assert_allclose(np.asarray(gate), -30.0 / (1.0 + np.exp(logits)), rtol=1e-4,
+                               atol=1e-4)
+    shares[bias] = float(np.mean(np.asarray(gate) < cfg.deletion_threshold))
+  assert 0.1 < shares[1.0] < 0.4 and shares[4.0] < 0.02, shares
+
+
 def test_deleted_positions_and_rate_count_real_positions_only():
   gate = jnp.array([[-20.0, -1.0, -30.0, -30.0], [-16.0, -14.0, -15.5, -1.0]])
   real = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
