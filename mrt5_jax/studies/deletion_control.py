@@ -55,6 +55,14 @@ class Recipe:
 
 
 _PREVIOUS_DEMO = ("ControllerConfig.kind = 'p'", "ControllerConfig.k_p = 0.01")
+# runs/deletion_control.gin as it shipped until issue 21: a fresh gate with the published
+# bias, hard-deletion batches from the first step, the integral gain five times today's
+_PREVIOUS_SHIPPED = ("DeleteGateConfig.gate_bias_init = 1.0", "ControllerConfig.k_i = 0.005",
+                     "ObjectiveConfig.hard_delete_train_start = None",
+                     "ObjectiveConfig.hard_delete_train_ramp = 0")
+_LATE_HARD = ("ObjectiveConfig.hard_delete_train_start = 200",
+              "ObjectiveConfig.hard_delete_train_ramp = 300")
+_PACKED = ("ObjectiveConfig.hard_delete_train_packed_rows = 0.75",)
 RECIPES = {
     # runs/local.gin as it shipped before: the published options with a P controller
     "previous_demo": Recipe("previous_demo", ("runs/deletion_published.gin",), _PREVIOUS_DEMO),
@@ -66,20 +74,19 @@ RECIPES = {
     "controller_only": Recipe("controller_only", ("runs/deletion_control.gin",),
                               ("ObjectiveConfig.hard_delete_train_prob = 0.0",)),
     "shipped": Recipe("shipped", ("runs/deletion_control.gin",)),
-    # the shipped recipe with hard-deletion batches from 200 steps after the
-    # regularizer delay, ramped in over 300 (issue 21: keeps the gate selective)
+    # the shipped recipe until issue 21, and that recipe with hard-deletion batches from
+    # 200 steps after the regularizer delay, ramped in over 300 (the rows measured then)
+    "previous_shipped": Recipe("previous_shipped", ("runs/deletion_control.gin",),
+                               _PREVIOUS_SHIPPED),
     "late_hard": Recipe("late_hard", ("runs/deletion_control.gin",),
-                        ("ObjectiveConfig.hard_delete_train_start = 200",
-                         "ObjectiveConfig.hard_delete_train_ramp = 300")),
-    # the shipped recipe with its hard-deletion batches packed into 3/4 of the
-    # rows (issue 17: fewer rows after the gate; docs/benchmarks.md has its cost)
-    "shipped_packed": Recipe("shipped_packed", ("runs/deletion_control.gin",),
-                             ("ObjectiveConfig.hard_delete_train_packed_rows = 0.75",)),
-    # late_hard with packing: hard batches only once the gate deletes
+                        _PREVIOUS_SHIPPED + _LATE_HARD),
+    # hard-deletion batches packed into 3/4 of the rows (issue 17: fewer rows after the
+    # gate; docs/benchmarks.md has its cost): the shipped recipe and the previous two
+    "shipped_packed": Recipe("shipped_packed", ("runs/deletion_control.gin",), _PACKED),
+    "previous_shipped_packed": Recipe("previous_shipped_packed", ("runs/deletion_control.gin",),
+                                      _PREVIOUS_SHIPPED + _PACKED),
     "late_hard_packed": Recipe("late_hard_packed", ("runs/deletion_control.gin",),
-                               ("ObjectiveConfig.hard_delete_train_start = 200",
-                                "ObjectiveConfig.hard_delete_train_ramp = 300",
-                                "ObjectiveConfig.hard_delete_train_packed_rows = 0.75")),
+                               _PREVIOUS_SHIPPED + _LATE_HARD + _PACKED),
 }
 
 

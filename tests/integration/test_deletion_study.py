@@ -1,25 +1,36 @@
-"""Deletion control as shipped: the recipe holds its target and carries over to hard
-deletion (issue 9's bounds), measured through the same harness as README's table."""
+"""Deletion control as shipped: the recipe holds its target, carries over to hard deletion
+(issue 9's bounds) and its gate learns what the task drops (issue 21's), measured through
+the same harness as the tables of docs/deletion_control.md."""
 import pytest
 
 from mrt5_jax.studies import deletion_control
 
 
+# The paper's diagnostic as issue 21 states it: 32-byte inputs (vowels are about 18% of
+# the bytes), target 0.15, the task learned before the regularizer starts.
+VOWEL_DIAGNOSTIC = ["SEQUENCE_LENGTH = 32", "LEARNING_RATE = 2e-3",
+                    "ControllerConfig.regularizer_delay = 700", "train.log_every = 50"]
+
+
 @pytest.mark.slow
-def test_shipped_recipe_holds_the_target_and_hard_deletion_matches_soft(tmp_path):
-  """Vowel removal from scratch, target 0.5, runs/local.gin as shipped (1,500 steps):
-  eval deletion within +-0.05, hard CE <= 1.25 x soft CE + 0.02, no collapse."""
+def test_shipped_recipe_holds_the_target_and_its_gate_deletes_the_vowels(tmp_path):
+  """Vowel removal from scratch, target 0.15, the shipped recipe (runs/local.gin with the
+  diagnostic's bindings, 1,500 steps): eval deletion within +-0.05, hard CE <= 1.25 x
+  soft CE + 0.02, no collapse (issue 9's bounds), and the gate deletes what the task
+  drops: >= 80% of the deleted positions are vowels and >= half of the vowels go (issue
+  21's bounds; seeds 0-2 in docs/deletion_control.md)."""
   (row,) = deletion_control.run_study(
-      ["vowel_removal"], [deletion_control.RECIPES["shipped"]], [0.5], work_dir=str(tmp_path),
-      steps=1500, extra_bindings=["train.log_every = 50"], droppable_batches=2, log=print)
-  assert abs(row.eval_deletion_rate - 0.5) <= 0.05, row
+      ["vowel_removal"], [deletion_control.RECIPES["shipped"]], [0.15], work_dir=str(tmp_path),
+      steps=1500, extra_bindings=VOWEL_DIAGNOSTIC, droppable_batches=2, log=print)
+  assert abs(row.eval_deletion_rate - 0.15) <= 0.05, row
   assert row.hard_cross_entropy <= 1.25 * row.soft_cross_entropy + 0.02, row
   assert row.hard_within_bound
   assert row.collapse_share <= 0.1, row
   assert row.hard_accuracy > 0.9, row
   assert len(row.rate_trace) == 30
-  # the gate's deletions are read against the vowels on the eval batches
-  assert 0.0 <= row.droppable_share <= 1.0 and 0.0 < row.droppable_deleted <= 1.0
+  assert row.droppable_share >= 0.8, row
+  assert row.droppable_deleted >= 0.5, row
+
 
 def test_table_and_unknown_task():
   row = deletion_control.StudyRow(
