@@ -110,7 +110,8 @@ def test_t5x_byt5_checkpoint_restores_into_mrt5_with_a_fresh_gate(tmp_path):
   assert set(byt5) <= set(mrt5)
   for key in byt5:
     np.testing.assert_array_equal(np.asarray(mrt5[key]), np.asarray(byt5[key]), err_msg=key)
-  np.testing.assert_array_equal(np.asarray(mrt5["encoder/delete_gate/dense/bias"]), [1.0])
+  # the shipped recipe's fresh gate (runs/deletion_control.gin: gate_bias_init 4, keeping)
+  np.testing.assert_array_equal(np.asarray(mrt5["encoder/delete_gate/dense/bias"]), [4.0])
   np.testing.assert_array_equal(np.asarray(mrt5["encoder/delete_gate/layer_norm/scale"]), 1.0)
   assert int(restored["state"]["step"]) == 0
   assert {k: float(v) for k, v in restored["flax_mutables"]["controller"].items()} == {
