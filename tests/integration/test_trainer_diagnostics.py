@@ -1,8 +1,8 @@
 """Real (tiny) training runs on the vowel-removal diagnostic task.
 
 - the shipped deletion control (``runs/deletion_control.gin``: bounded PI,
-  hard-deletion batches, a gate that starts keeping) holds a 0.4 target deletion rate (within +-0.05 over
-  the last 100 of 600 steps), on two seeds;
+  hard-deletion batches, a gate that starts keeping) holds a 0.4 target
+  deletion rate (within +-0.05 over the last 100 of 600 steps), on two seeds;
 - that with a low target the gate learns *what* to delete (the vowels) is
   tests/integration/test_deletion_study.py's claim, with the shipped recipe.
 

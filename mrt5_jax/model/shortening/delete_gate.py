@@ -118,7 +118,8 @@ class DeleteGate(nn.Module):
                          name="layer_norm")(x)
     logits = layers.Dense(1, ("embed", GATE_SCORE_AXIS),
                           kernel_init=nn.initializers.xavier_uniform(), use_bias=True,
-                          bias_init=nn.initializers.constant(cfg.shortening.gate_bias_init), bias_axes=(GATE_SCORE_AXIS,),
+                          bias_init=nn.initializers.constant(cfg.shortening.gate_bias_init),
+                          bias_axes=(GATE_SCORE_AXIS,),
                           dtype=jnp.float32, name="dense")(x.astype(jnp.float32))[..., 0]
     if cfg.shortening.use_gumbel_noise and not deterministic:
       logits = logits + gumbel_noise(self.make_rng(rng_lib.GATE_NOISE), logits.shape)

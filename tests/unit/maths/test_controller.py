@@ -139,4 +139,3 @@ def test_target_ramp_rises_from_zero_after_the_delay():
   assert float(ctl.current_target(ctl.init_state(flat), flat)) == pytest.approx(0.4)
   with pytest.raises(ValueError, match="target_ramp_steps"):
     ctl.ControllerConfig(target_ramp_steps=-1)
-

@@ -9,6 +9,12 @@ from mrt5_jax.model.shortening.settings import FIXED_DELETION_SEPARATOR_IDS
 from tests.fixtures import model_config as tiny_config
 
 
+def reference_gate(hidden, real, scale, kernel, bias, k=-30.0):
+  """NumPy G = k sigmoid(-(RMSNorm(h) w + b)), pads k (the published formula)."""
+  normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6) * scale
+  return np.where(real > 0, k / (1.0 + np.exp(normed @ kernel[:, 0] + bias[0])), k)
+
+
 def test_gate_value_matches_published_formula():
   cfg = tiny_config(shortening=dict(sigmoid_mask_scale=-30.0))
   rng = np.random.RandomState(0)
@@ -22,9 +28,7 @@ def test_gate_value_matches_published_formula():
   bias = np.array([0.7], np.float32)
   params = {"layer_norm": {"scale": scale}, "dense": {"kernel": kernel, "bias": bias}}
   gate, _ = module.apply({"params": params}, hidden, real)
-  normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6) * scale
-  expected = -30.0 / (1.0 + np.exp(normed @ kernel[:, 0] + bias[0]))
-  expected = np.where(real > 0, expected, -30.0)
+  expected = reference_gate(hidden, real, scale, kernel, bias)
   np.testing.assert_allclose(np.asarray(gate), expected, rtol=1e-5, atol=1e-5)
 
 
@@ -51,11 +55,9 @@ def test_gate_bias_init_sets_a_fresh_gates_bias_and_what_it_deletes():
     params = variables["params"]
     np.testing.assert_array_equal(params["dense"]["bias"], [bias])
     gate, _ = module.apply(variables, hidden, real)
-    normed = hidden / np.sqrt(np.mean(hidden**2, -1, keepdims=True) + 1e-6)
-    normed = normed * np.asarray(params["layer_norm"]["scale"])
-    logits = normed @ np.asarray(params["dense"]["kernel"])[:, 0] + bias
-    np.testing.assert_allclose(np.asarray(gate), -30.0 / (1.0 + np.exp(logits)), rtol=1e-4,
-                               atol=1e-4)
+    expected = reference_gate(hidden, real, np.asarray(params["layer_norm"]["scale"]),
+                              np.asarray(params["dense"]["kernel"]), [bias])
+    np.testing.assert_allclose(np.asarray(gate), expected, rtol=1e-4, atol=1e-4)
     shares[bias] = float(np.mean(np.asarray(gate) < cfg.deletion_threshold))
   assert 0.1 < shares[1.0] < 0.4 and shares[4.0] < 0.02, shares
 
