@@ -76,6 +76,24 @@ def droppable_positions(task: str, tokens: np.ndarray) -> Optional[np.ndarray]:
   return None
 
 
+def target_positions(task: str, tokens: np.ndarray) -> Optional[np.ndarray]:
+  """(B, L) int32: for each input byte the target keeps, the index of the target token
+  that copies it; -1 for the bytes the task drops and for padding. The targets of
+  ``copy``, ``vowel_removal`` and ``contextual_vowel_removal`` are their inputs with the
+  dropped bytes taken out (EOS included); None for ``merge_abc``, whose ``D`` copies no
+  single byte."""
+  tokens = np.asarray(tokens)
+  if task == "copy":
+    dropped = np.zeros(tokens.shape, bool)
+  else:
+    dropped = droppable_positions(task, tokens)
+    if dropped is None:
+      return None
+  copied = (tokens > 0) & ~dropped
+  index = np.cumsum(copied, axis=-1, dtype=np.int32) - 1
+  return np.where(copied, index, -1).astype(np.int32)
+
+
 def merge_abc(text: str) -> str:
   """Replaces every ``ABC`` (left to right, non-overlapping) by ``D``."""
   return text.replace("ABC", "D")

@@ -32,10 +32,9 @@ import numpy as np
 from mrt5_jax.checkpointing import loading
 from mrt5_jax.data import eval_pipeline
 from mrt5_jax.data import pipeline as data_lib
-from mrt5_jax.inference.encode_path import EncodePath
+from mrt5_jax.inference.runner import InferenceRunner
 from mrt5_jax.jobs import gin_files as gin_files_lib
 from mrt5_jax.jobs import train as train_job
-from mrt5_jax.model.network import Transformer
 from mrt5_jax.model.shortening.base import deleted_positions
 from mrt5_jax.tasks import diagnostic
 
@@ -107,6 +106,7 @@ class StudyRow:
   gateless_cross_entropy: Optional[float] = None
   droppable_share: Optional[float] = None
   droppable_deleted: Optional[float] = None
+  deleted_recovered: Optional[float] = None
 
   @property
   def hard_within_bound(self) -> bool:
@@ -139,22 +139,34 @@ def droppable_figures(task: str, model_dir: str, dataset: data_lib.DatasetConfig
                       num_batches: Optional[int] = 8) -> dict[str, Optional[float]]:
   """What the trained gate deletes against what the task drops, on ``dataset``'s first
   ``num_batches`` batches: ``droppable_share`` (of the deleted positions, the share the
-  task drops: the vowel share on vowel removal) and ``droppable_deleted`` (of the
-  positions the task drops, the share deleted). None for tasks without such bytes."""
+  task drops: the vowel share on vowel removal), ``droppable_deleted`` (of the positions
+  the task drops, the share deleted) and ``deleted_recovered`` (of the deleted bytes the
+  target still copies, the share the decoder gets back with hard deletion: its
+  teacher-forced probability of the byte above 1/2, so the byte's content reached the
+  kept positions before the gate). None for tasks without such bytes."""
   loaded = loading.load_model(model_dir)
-  path = EncodePath(Transformer(loaded.config))
+  runner = InferenceRunner(loaded.config, loaded.params, mode="bucketed")
   threshold = loaded.config.deletion_threshold
-  counts = np.zeros(3, np.int64)  # deleted, deleted and droppable, droppable
+  # deleted, deleted and droppable, droppable, deleted and copied, of those recovered
+  counts = np.zeros(5, np.int64)
   for batch, real_rows in eval_pipeline.padded_batches(dataset, num_batches):
     tokens = batch["encoder_input_tokens"][:real_rows]
     droppable = diagnostic.droppable_positions(task, tokens)
     if droppable is None:
-      return {"droppable_share": None, "droppable_deleted": None}
-    reading, _ = path.read_gate(loaded.params, tokens)
-    deleted = np.asarray(deleted_positions(reading.gate, tokens > 0, threshold))
-    counts += [deleted.sum(), (deleted & droppable).sum(), droppable.sum()]
+      return {"droppable_share": None, "droppable_deleted": None, "deleted_recovered": None}
+    encoded = runner.encode(tokens)
+    deleted = np.asarray(deleted_positions(encoded.gate, tokens > 0, threshold))
+    log_likelihood = np.asarray(runner.score_from(
+        encoded, batch["decoder_input_tokens"][:real_rows],
+        batch["decoder_target_tokens"][:real_rows]))
+    copied_to = diagnostic.target_positions(task, tokens)
+    rows, columns = np.nonzero(deleted & (copied_to >= 0) & (copied_to < log_likelihood.shape[1]))
+    recovered = log_likelihood[rows, copied_to[rows, columns]] > np.log(0.5)
+    counts += [deleted.sum(), (deleted & droppable).sum(), droppable.sum(), len(rows),
+               recovered.sum()]
   return {"droppable_share": float(counts[1] / max(counts[0], 1)),
-          "droppable_deleted": float(counts[1] / max(counts[2], 1))}
+          "droppable_deleted": float(counts[1] / max(counts[2], 1)),
+          "deleted_recovered": float(counts[4] / counts[3]) if counts[3] else None}
 
 
 def _row(task: str, recipe: str, target: float, result, wall: float) -> StudyRow:
@@ -216,6 +228,7 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
         row = _row(task, recipe.name, target, result, time.time() - start)
         row.droppable_share = figures.get("droppable_share")
         row.droppable_deleted = figures.get("droppable_deleted")
+        row.deleted_recovered = figures.get("deleted_recovered")
         if task == "span_corruption":
           row.gateless_cross_entropy = gateless
         rows.append(row)
@@ -247,15 +260,15 @@ def _span_corruption_baselines(work_dir: str, pretrain_steps: int, continue_step
 def markdown_table(rows: Sequence[StudyRow]) -> str:
   """The README table: one line per run."""
   lines = ["| task | recipe | target | eval deletion | soft CE | hard CE | hard accuracy | "
-           "hard <= 1.25 soft + 0.02 | deleted the task drops | dropped deleted | steps | "
-           "wall | time above 0.95 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "hard <= 1.25 soft + 0.02 | deleted the task drops | dropped deleted | "
+           "deleted the target copies: recovered | steps | wall | time above 0.95 |",
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
   share = lambda value: "-" if value is None else f"{value:.0%}"
   for r in rows:
     lines.append(
         f"| {r.task} | {r.recipe} | {r.target:.2f} | {r.eval_deletion_rate:.3f} | "
         f"{r.soft_cross_entropy:.4f} | {r.hard_cross_entropy:.4f} | {r.hard_accuracy:.3f} | "
         f"{'yes' if r.hard_within_bound else 'no'} | {share(r.droppable_share)} | "
-        f"{share(r.droppable_deleted)} | {r.steps} | {r.wall_seconds:.0f} s | "
-        f"{r.collapse_share:.0%} |")
+        f"{share(r.droppable_deleted)} | {share(r.deleted_recovered)} | {r.steps} | "
+        f"{r.wall_seconds:.0f} s | {r.collapse_share:.0%} |")
   return "\n".join(lines)

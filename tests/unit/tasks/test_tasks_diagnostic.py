@@ -98,6 +98,30 @@ def test_droppable_positions_are_the_bytes_the_rule_removes(task):
   assert diagnostic.droppable_positions("merge_abc", tokens) is None
 
 
+@pytest.mark.parametrize("task", ["copy", "vowel_removal", "contextual_vowel_removal"])
+def test_target_positions_point_at_the_target_byte_each_input_byte_becomes(task):
+  """Every target token (EOS included) is copied from exactly one input byte, the one
+  whose target position names it; dropped bytes and padding point nowhere."""
+  vocab = seqio.ByteVocabulary()
+  texts = [ex["inputs"].decode() for ex in _examples(task, "validation")[:20]]
+  texts.append("#bEaxABEaE")
+  length = max(len(t) for t in texts) + 3
+  tokens = np.zeros((len(texts), length), np.int32)
+  for row, text in enumerate(texts):
+    ids = vocab.encode(text) + [1]
+    tokens[row, :len(ids)] = ids
+  positions = diagnostic.target_positions(task, tokens)
+  for row, text in enumerate(texts):
+    target = vocab.encode(reference_rule(task, text)) + [1]
+    pointing = positions[row][positions[row] >= 0]
+    assert sorted(pointing.tolist()) == list(range(len(target))), text
+    for i, t in enumerate(positions[row]):
+      if t >= 0:
+        assert tokens[row, i] == target[t], (text, i)
+    assert (positions[row, len(text) + 1:] == -1).all()
+  assert diagnostic.target_positions("merge_abc", tokens) is None
+
+
 def test_splits_are_deterministic_and_seeds_differ():
   first = _examples("vowel_removal", "validation", n=20)
   again = _examples("vowel_removal", "validation", n=20)
