@@ -5,7 +5,8 @@ reports what the README's deletion-control table shows: the evaluation's
 deletion rate, soft and hard cross entropy, hard accuracy, the steps and wall
 time, how much of the run the rate spent above 0.95 (collapse), and on the
 diagnostic tasks whether the gate deletes what the task drops (the vowel share
-of the deleted positions, and the share of the droppable vowels deleted).
+of the deleted positions, and the share of the droppable vowels deleted) and how
+many of the deleted bytes the target still needs the decoder recovers.
 
 Tasks:
   vowel_removal, contextual_vowel_removal: the diagnostic tasks from scratch
