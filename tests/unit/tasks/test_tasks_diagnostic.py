@@ -77,17 +77,23 @@ def test_targets_follow_the_rule(task):
     assert 8 < np.mean(removed) < 20
 
 
+def _tokenized_inputs(task, eos=False):
+  """20 validation inputs and a hand-picked one (bE and xA go, BE, Ea and aE stay) as
+  (texts, (B, L) byte ids padded with two or more zeros), EOS after each if ``eos``."""
+  vocab = seqio.ByteVocabulary()
+  texts = [ex["inputs"].decode() for ex in _examples(task, "validation")[:20]]
+  texts.append("#bEaxABEaE")
+  tokens = np.zeros((len(texts), max(len(t) for t in texts) + 3), np.int32)
+  for row, text in enumerate(texts):
+    ids = vocab.encode(text) + ([1] if eos else [])
+    tokens[row, :len(ids)] = ids
+  return texts, tokens
+
+
 @pytest.mark.parametrize("task", ["vowel_removal", "contextual_vowel_removal"])
 def test_droppable_positions_are_the_bytes_the_rule_removes(task):
   """Removing the marked bytes of a tokenized input gives the reference rule's target."""
-  vocab = seqio.ByteVocabulary()
-  texts = [ex["inputs"].decode() for ex in _examples(task, "validation")[:20]]
-  texts.append("#bEaxABEaE")  # hand-picked contexts: bE and xA go, BE, Ea and aE stay
-  length = max(len(t) for t in texts) + 2
-  tokens = np.zeros((len(texts), length), np.int32)
-  for row, text in enumerate(texts):
-    ids = vocab.encode(text)
-    tokens[row, :len(ids)] = ids
+  texts, tokens = _tokenized_inputs(task)
   droppable = diagnostic.droppable_positions(task, tokens)
   for row, text in enumerate(texts):
     kept = [c for c, drop in zip(text, droppable[row]) if not drop]
@@ -103,13 +109,7 @@ def test_target_positions_point_at_the_target_byte_each_input_byte_becomes(task)
   """Every target token (EOS included) is copied from exactly one input byte, the one
   whose target position names it; dropped bytes and padding point nowhere."""
   vocab = seqio.ByteVocabulary()
-  texts = [ex["inputs"].decode() for ex in _examples(task, "validation")[:20]]
-  texts.append("#bEaxABEaE")
-  length = max(len(t) for t in texts) + 3
-  tokens = np.zeros((len(texts), length), np.int32)
-  for row, text in enumerate(texts):
-    ids = vocab.encode(text) + [1]
-    tokens[row, :len(ids)] = ids
+  texts, tokens = _tokenized_inputs(task, eos=True)
   positions = diagnostic.target_positions(task, tokens)
   for row, text in enumerate(texts):
     target = vocab.encode(reference_rule(task, text)) + [1]
