@@ -153,7 +153,7 @@ def test_microbatches_add_up_to_full_batch(tiny_model):
     return obj.compute_loss(module, params, state, batch, None, objective=oc, controller=cc,
                             enable_dropout=False, normalizers=normalizers)
 
-  grad_fn = jax.value_and_grad(loss, has_aux=True)
+  grad_fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
   norms = train_step.loss_normalizers(full, oc, whole_batch=full)
   (l_full, s_full), g_full = grad_fn(variables["params"], full, norms)
   halves = [{k: v[i * 2:(i + 1) * 2] for k, v in full.items()} for i in range(2)]
@@ -171,10 +171,10 @@ def test_all_pad_batch_is_finite(tiny_model):
   module, variables = tiny_model
   batch = {k: jnp.zeros_like(jnp.asarray(v)) for k, v in make_batch().items()}
   cc = ctl.ControllerConfig(initial_alpha=1.0)
-  (loss, sums), grads = jax.value_and_grad(
+  (loss, sums), grads = jax.jit(jax.value_and_grad(
       lambda p: obj.compute_loss(module, p, ctl.init_state(cc), batch, None,
                                  objective=obj.ObjectiveConfig(), controller=cc,
-                                 enable_dropout=False), has_aux=True)(variables["params"])
+                                 enable_dropout=False), has_aux=True))(variables["params"])
   assert np.isfinite(float(loss))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree_util.tree_leaves(grads))
   metrics = train_step.finalize(train_step.step_metrics(sums, jnp.float32(1.0)))
@@ -313,7 +313,7 @@ def test_packed_hard_batches_equal_per_row_hard_deletion(tiny_model, groups):
     fn = lambda p: obj.compute_loss(module, p, state, batch, {"dropout": rng,
                                                               "hard_delete": rng},
                                     objective=oc, controller=cc, num_groups=groups)
-    return jax.value_and_grad(fn, has_aux=True)(params)
+    return jax.jit(jax.value_and_grad(fn, has_aux=True))(params)
 
   (per_row, per_row_sums), per_row_grads = loss_and_grads(0.0)
   (packed, packed_sums), packed_grads = loss_and_grads(0.75)
