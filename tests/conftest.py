@@ -4,6 +4,10 @@ import shutil
 import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# glibc serves each train step's ~100 MB XLA temp buffer from a fresh mapping and faults it in
+# 4 KiB at a time; huge pages for malloc cut a tiny training's CPU time by about a fifth
+# (docs/benchmarks.md#cpu-training-and-glibc-malloc). Inherited by the workers and the CLIs.
+os.environ.setdefault("GLIBC_TUNABLES", "glibc.malloc.hugetlb=1")
 
 
 def _share_compilations_within_the_run():
