@@ -35,6 +35,15 @@ GUMBEL_EPS = 1e-10
 # ----------------------------------------------------------------------------- maths
 
 
+def scaled_initializer(init: nn.initializers.Initializer, factor: float):
+  """``init`` times ``factor`` (0.0: zeros, without drawing)."""
+  if factor == 0.0:
+    return nn.initializers.zeros
+  if factor == 1.0:
+    return init
+  return lambda key, shape, dtype=jnp.float32: factor * init(key, shape, dtype)
+
+
 def scaled_sigmoid(logits: jax.Array, scale: float) -> jax.Array:
   """G = k * sigmoid(-logits)."""
   return scale * jax.nn.sigmoid(-logits)
@@ -117,7 +126,9 @@ class DeleteGate(nn.Module):
       x = layers.RMSNorm(epsilon=cfg.layer_norm_epsilon, dtype=jnp.float32,
                          name="layer_norm")(x)
     logits = layers.Dense(1, ("embed", GATE_SCORE_AXIS),
-                          kernel_init=nn.initializers.xavier_uniform(), use_bias=True,
+                          kernel_init=scaled_initializer(nn.initializers.xavier_uniform(),
+                                                         cfg.shortening.gate_kernel_init_scale),
+                          use_bias=True,
                           bias_init=nn.initializers.constant(cfg.shortening.gate_bias_init),
                           bias_axes=(GATE_SCORE_AXIS,),
                           dtype=jnp.float32, name="dense")(x.astype(jnp.float32))[..., 0]

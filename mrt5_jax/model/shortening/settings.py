@@ -79,7 +79,10 @@ class DeleteGateConfig:
   initialised (a checkpoint carries the trained bias; conversion ignores it). The
   published 1.0 has a fresh gate delete about a quarter of the positions (the
   logit's spread is about sqrt(2)); at 4.0 a fresh gate deletes almost none
-  (G about k sigmoid(-4), -0.5 for k = -30).
+  (G about k sigmoid(-4), -0.5 for k = -30). ``gate_kernel_init_scale``: a factor
+  on the fresh projection's Xavier-uniform kernel (1.0 the published init; 0.0 a
+  zero kernel, so every position starts at the same logit and only the loss's
+  gradient orders them), read only at initialisation like the bias.
   """
 
   sigmoid_mask_scale: float = -30.0
@@ -89,6 +92,7 @@ class DeleteGateConfig:
   random_deletion_probability: float = 0.5
   fixed_deletion_amount: float = 0.5
   gate_bias_init: float = 1.0
+  gate_kernel_init_scale: float = 1.0
 
   def resolved(self, deletion_type: str) -> "DeleteGateConfig":
     """A copy with the threshold filled in for ``deletion_type``, checked."""

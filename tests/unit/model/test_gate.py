@@ -62,6 +62,26 @@ def test_gate_bias_init_sets_a_fresh_gates_bias_and_what_it_deletes():
   assert 0.1 < shares[1.0] < 0.4 and shares[4.0] < 0.02, shares
 
 
+def test_gate_kernel_init_scale_scales_the_xavier_draw_and_zero_gives_one_logit_for_all():
+  """The factor multiplies the published Xavier-uniform draw (same rng); at 0 the
+  kernel is zero, so every real position starts at G = k sigmoid(-b) (NumPy)."""
+  hidden = np.random.RandomState(2).randn(2, 64, tiny_config().d_model).astype(np.float32)
+  real = np.ones(hidden.shape[:2])
+  kernels = {}
+  for factor in (1.0, 0.25, 0.0):
+    cfg = tiny_config(shortening=dict(gate_bias_init=4.0, gate_kernel_init_scale=factor))
+    module = gate_lib.DeleteGate(cfg)
+    variables = module.init(jax.random.PRNGKey(3), hidden, real)
+    kernels[factor] = np.asarray(variables["params"]["dense"]["kernel"])
+    gate, _ = module.apply(variables, hidden, real)
+    if factor == 0.0:
+      np.testing.assert_allclose(np.asarray(gate), -30.0 / (1 + np.exp(4.0)), rtol=1e-6)
+  limit = np.sqrt(6.0 / (tiny_config().d_model + 1))
+  assert np.all(np.abs(kernels[1.0]) <= limit) and np.std(kernels[1.0]) > limit / 3
+  np.testing.assert_allclose(kernels[0.25], 0.25 * kernels[1.0], rtol=1e-6)
+  assert not np.any(kernels[0.0])
+
+
 def test_deleted_positions_and_rate_count_real_positions_only():
   gate = jnp.array([[-20.0, -1.0, -30.0, -30.0], [-16.0, -14.0, -15.5, -1.0]])
   real = jnp.array([[1, 1, 0, 0], [1, 1, 1, 1]])
