@@ -36,9 +36,7 @@ GUMBEL_EPS = 1e-10
 
 
 def scaled_initializer(init: nn.initializers.Initializer, factor: float):
-  """``init`` times ``factor`` (0.0: zeros, without drawing)."""
-  if factor == 0.0:
-    return nn.initializers.zeros
+  """``init`` times ``factor`` (1.0: ``init`` itself, the published draw untouched)."""
   if factor == 1.0:
     return init
   return lambda key, shape, dtype=jnp.float32: factor * init(key, shape, dtype)
