@@ -56,10 +56,12 @@ class Recipe:
 
 _PREVIOUS_DEMO = ("ControllerConfig.kind = 'p'", "ControllerConfig.k_p = 0.01")
 # runs/deletion_control.gin as it shipped until issue 21: a fresh gate with the published
-# bias, hard-deletion batches from the first step, the integral gain five times today's
+# bias, hard-deletion batches from the first step, the integral gain five times today's,
+# the gate trained from the first step
 _PREVIOUS_SHIPPED = ("DeleteGateConfig.gate_bias_init = 1.0", "ControllerConfig.k_i = 0.005",
                      "ObjectiveConfig.hard_delete_train_start = None",
-                     "ObjectiveConfig.hard_delete_train_ramp = 0")
+                     "ObjectiveConfig.hard_delete_train_ramp = 0",
+                     "ObjectiveConfig.freeze_gate_before_delay = False")
 _LATE_HARD = ("ObjectiveConfig.hard_delete_train_start = 200",
               "ObjectiveConfig.hard_delete_train_ramp = 300")
 _PACKED = ("ObjectiveConfig.hard_delete_train_packed_rows = 0.75",)

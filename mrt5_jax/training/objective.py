@@ -78,6 +78,13 @@ class ObjectiveConfig:
     the project trainer plans on the host from a stage-one pass, into the
     rows the batch needs (eighths of the rows, at most that share;
     ``Trainer.packed_rows_for``).
+  freeze_gate_before_delay: the learned gate's parameters get no gradient
+    until the controller's regularizer delay has passed (``gate_frozen_until_delay``),
+    so what the gate first deletes is learned from the soft loss and alpha
+    together on a model that has learned the task, not from the cross
+    entropy alone using G as an attention bias (the published code trains the
+    gate from the first step; docs/deletion_control.md). The forward pass is
+    unchanged; with weight decay the optimizer still decays the gate.
   """
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
@@ -91,6 +98,7 @@ class ObjectiveConfig:
   hard_delete_train_start: Optional[int] = None
   hard_delete_train_ramp: int = 0
   hard_delete_train_packed_rows: float = 0.0
+  freeze_gate_before_delay: bool = False
 
   def __post_init__(self):
     factor = self.loss_normalizing_factor
@@ -350,6 +358,21 @@ def _run_drawn(run, module, params, batch, rngs, enable_dropout: bool, stage_one
   return run("hard", hard_length, plan)
 
 
+def gate_frozen_until_delay(params: Any, module: Any, controller_state: Mapping[str, jax.Array],
+                            controller: controller_lib.ControllerConfig) -> Any:
+  """``params`` whose learned gate (``encoder/delete_gate``) is cut from the gradient
+  while the controller's regularizer delay lasts; the same values, and the
+  same gradient once the delay has passed. Other kinds: ``params`` unchanged."""
+  shortening = module.shortening
+  if not shortening.learned_gate:
+    return params
+  active = controller_lib.is_active(controller_state, controller)
+  hold = lambda value: jnp.where(active, value, jax.lax.stop_gradient(value))
+  encoder = dict(params["encoder"])
+  encoder[shortening.module_name] = jax.tree_util.tree_map(hold, encoder[shortening.module_name])
+  return {**params, "encoder": encoder}
+
+
 def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Array],
                  batch: Mapping[str, jax.Array], rngs: Optional[Mapping[str, jax.Array]], *,
                  objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
@@ -396,6 +419,8 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   Returns:
     (loss scalar, metric sums: the keys of ``metrics.SUMS``).
   """
+  if objective.freeze_gate_before_delay:
+    params = gate_frozen_until_delay(params, module, controller_state, controller)
   if normalizers is None:
     normalizers = batch_normalizers(batch, objective)
   run = functools.partial(_forward, module, params, batch, rngs or {}, enable_dropout,

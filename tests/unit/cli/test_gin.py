@@ -213,6 +213,7 @@ def test_deletion_recipes_shipped_and_published():
   assert shipped[0].kind == "bounded_pi" and shipped[0].alpha_min < 0
   assert shipped[1].hard_delete_train_prob == 0.5
   assert (shipped[1].hard_delete_train_start, shipped[1].hard_delete_train_ramp) == (200, 300)
+  assert shipped[1].freeze_gate_before_delay  # the gate waits for the regularizer delay
   assert config_lib.MrT5Config().shortening.gate_bias_init == 4.0  # a fresh gate keeps
   gin.clear_config()
   gin_files.parse(["runs/local.gin", "runs/deletion_published.gin"])
@@ -221,6 +222,7 @@ def test_deletion_recipes_shipped_and_published():
   assert (published[0].kind, published[0].k_p, published[0].k_i) == ("pi", 0.5, 1e-5)
   assert published[0].alpha_min == 0.0 and published[0].alpha_max is None
   assert published[1].hard_delete_train_prob == 0.0 and published[1].gate_loss == "gate_mean"
+  assert not published[1].freeze_gate_before_delay  # trained from the first step
   gin.clear_config()
   gin_files.parse(["runs/mrt5_small_continued_pretraining.gin"],
                   ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/c'"])

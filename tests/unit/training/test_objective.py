@@ -284,6 +284,37 @@ def test_hard_delete_batches_wait_for_their_start_step(tiny_model):
   assert [hard_batches(s) for s in (0, 14, 15, 40)] == [0.0, 0.0, 1.0, 1.0]
 
 
+def test_a_gate_frozen_until_the_delay_gets_no_gradient_and_nothing_else_changes(tiny_model):
+  module, variables = tiny_model
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
+  cc = ctl.ControllerConfig(regularizer_delay=10, initial_alpha=0.3)
+  published, frozen = obj.ObjectiveConfig(), obj.ObjectiveConfig(freeze_gate_before_delay=True)
+  params = variables["params"]
+
+  def loss_and_grads(objective, step):
+    state = {**ctl.init_state(cc), "step": jnp.int32(step)}
+    loss = lambda p: obj.compute_loss(module, p, state, batch, None, objective=objective,
+                                      controller=cc, enable_dropout=False)[0]
+    return jax.value_and_grad(loss)(params)
+
+  for step in (3, 9, 10, 25):
+    (loss, grads), (loss_frozen, grads_frozen) = (loss_and_grads(published, step),
+                                                  loss_and_grads(frozen, step))
+    assert float(loss_frozen) == float(loss)
+    gate, gate_frozen = grads["encoder"]["delete_gate"], grads_frozen["encoder"]["delete_gate"]
+    waiting = step < cc.regularizer_delay
+    for leaf, leaf_frozen in zip(jax.tree_util.tree_leaves(gate),
+                                 jax.tree_util.tree_leaves(gate_frozen)):
+      assert np.abs(np.asarray(leaf)).max() > 0  # the published gate learns from step 0
+      expected = np.zeros_like(leaf) if waiting else np.asarray(leaf)
+      np.testing.assert_array_equal(np.asarray(leaf_frozen), expected)
+    rest = lambda tree: {**tree, "encoder": {k: v for k, v in tree["encoder"].items()
+                                             if k != "delete_gate"}}
+    for leaf, leaf_frozen in zip(jax.tree_util.tree_leaves(rest(grads)),
+                                 jax.tree_util.tree_leaves(rest(grads_frozen))):
+      np.testing.assert_allclose(np.asarray(leaf_frozen), np.asarray(leaf), rtol=1e-6, atol=1e-9)
+
+
 def test_hard_delete_schedule_settings_are_checked():
   with pytest.raises(ValueError, match="hard_delete_train_start"):
     obj.ObjectiveConfig(hard_delete_train_start=-1)
