@@ -60,18 +60,26 @@ def remove_vowels_after_lowercase_consonant(text: str) -> str:
   return _CONTEXTUAL_VOWEL_RE.sub("", text)
 
 
+def _byte_ids(letters: str) -> list[int]:
+  return [ord(c) + _BYTE_OFFSET for c in letters]
+
+
+def vowel_positions(tokens: np.ndarray) -> np.ndarray:
+  """(B, L) bool: the input bytes that are vowels (``VOWELS``; ByteVocabulary ids)."""
+  return np.isin(np.asarray(tokens), _byte_ids(VOWEL_LETTERS))
+
+
 def droppable_positions(task: str, tokens: np.ndarray) -> Optional[np.ndarray]:
   """(B, L) bool: the input bytes the task's rule drops (ByteVocabulary ids, byte + 3):
   every vowel for ``vowel_removal``, each vowel after a lowercase consonant for
   ``contextual_vowel_removal``; None for a task that drops no single byte."""
   tokens = np.asarray(tokens)
-  ids = lambda letters: [ord(c) + _BYTE_OFFSET for c in letters]
-  vowels = np.isin(tokens, ids(VOWEL_LETTERS))
+  vowels = vowel_positions(tokens)
   if task == "vowel_removal":
     return vowels
   if task == "contextual_vowel_removal":
     after_consonant = np.zeros_like(vowels)
-    after_consonant[:, 1:] = np.isin(tokens[:, :-1], ids(LOWERCASE_CONSONANTS))
+    after_consonant[:, 1:] = np.isin(tokens[:, :-1], _byte_ids(LOWERCASE_CONSONANTS))
     return vowels & after_consonant
   return None
 

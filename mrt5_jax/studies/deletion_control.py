@@ -5,7 +5,8 @@ reports what the README's deletion-control table shows: the evaluation's
 deletion rate, soft and hard cross entropy, hard accuracy, the steps and wall
 time, how much of the run the rate spent above 0.95 (collapse), and on the
 diagnostic tasks whether the gate deletes what the task drops (the vowel share
-of the deleted positions, and the share of the droppable vowels deleted) and how
+of the deleted positions, the share of the droppable vowels deleted, and of the
+deleted vowels the share the task drops) and how
 many of the deleted bytes the target still needs the decoder recovers.
 
 Tasks:
@@ -109,6 +110,7 @@ class StudyRow:
   gateless_cross_entropy: Optional[float] = None
   droppable_share: Optional[float] = None
   droppable_deleted: Optional[float] = None
+  deleted_vowels_dropped: Optional[float] = None
   deleted_recovered: Optional[float] = None
 
   @property
@@ -138,25 +140,38 @@ def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str],
     gin.clear_config()
 
 
+def position_shares(deleted: np.ndarray, droppable: np.ndarray,
+                    vowels: np.ndarray) -> dict[str, Optional[float]]:
+  """What the gate deletes against what the task drops, from (B, L) bool masks:
+  ``droppable_share`` (of the deleted positions, the share the task drops: the vowel
+  share on vowel removal), ``droppable_deleted`` (of the positions the task drops, the
+  share deleted) and ``deleted_vowels_dropped`` (of the deleted vowels, the share the task
+  drops; None when no vowel is deleted)."""
+  deleted_vowels = (deleted & vowels).sum()
+  return {"droppable_share": float((deleted & droppable).sum() / max(deleted.sum(), 1)),
+          "droppable_deleted": float((deleted & droppable).sum() / max(droppable.sum(), 1)),
+          "deleted_vowels_dropped": (float((deleted & vowels & droppable).sum() / deleted_vowels)
+                                     if deleted_vowels else None)}
+
+
 def droppable_figures(task: str, model_dir: str, dataset: data_lib.DatasetConfig,
                       num_batches: Optional[int] = 8) -> dict[str, Optional[float]]:
-  """What the trained gate deletes against what the task drops, on ``dataset``'s first
-  ``num_batches`` batches: ``droppable_share`` (of the deleted positions, the share the
-  task drops: the vowel share on vowel removal), ``droppable_deleted`` (of the positions
-  the task drops, the share deleted) and ``deleted_recovered`` (of the deleted bytes the
-  target still copies, the share the decoder gets back with hard deletion: its
-  teacher-forced probability of the byte above 1/2, so the byte's content reached the
-  kept positions before the gate). None for tasks without such bytes."""
+  """``position_shares`` of the trained gate on ``dataset``'s first ``num_batches``
+  batches, and ``deleted_recovered`` (of the deleted bytes the target still copies, the
+  share the decoder gets back with hard deletion: its teacher-forced probability of the
+  byte above 1/2, so the byte's content reached the kept positions before the gate).
+  All None for tasks without droppable bytes."""
   loaded = loading.load_model(model_dir)
   runner = InferenceRunner(loaded.config, loaded.params, mode="bucketed")
   threshold = loaded.config.deletion_threshold
-  # deleted, deleted and droppable, droppable, deleted and copied, of those recovered
-  counts = np.zeros(5, np.int64)
+  masks = {"deleted": [], "droppable": [], "vowels": []}
+  copied, recovered = 0, 0
   for batch, real_rows in eval_pipeline.padded_batches(dataset, num_batches):
     tokens = batch["encoder_input_tokens"][:real_rows]
     droppable = diagnostic.droppable_positions(task, tokens)
     if droppable is None:
-      return {"droppable_share": None, "droppable_deleted": None, "deleted_recovered": None}
+      return dict.fromkeys(("droppable_share", "droppable_deleted", "deleted_vowels_dropped",
+                            "deleted_recovered"))
     encoded = runner.encode(tokens)
     deleted = np.asarray(deleted_positions(encoded.gate, tokens > 0, threshold))
     log_likelihood = np.asarray(runner.score_from(
@@ -164,12 +179,14 @@ def droppable_figures(task: str, model_dir: str, dataset: data_lib.DatasetConfig
         batch["decoder_target_tokens"][:real_rows]))
     copied_to = diagnostic.target_positions(task, tokens)
     rows, columns = np.nonzero(deleted & (copied_to >= 0) & (copied_to < log_likelihood.shape[1]))
-    recovered = log_likelihood[rows, copied_to[rows, columns]] > np.log(0.5)
-    counts += [deleted.sum(), (deleted & droppable).sum(), droppable.sum(), len(rows),
-               recovered.sum()]
-  return {"droppable_share": float(counts[1] / max(counts[0], 1)),
-          "droppable_deleted": float(counts[1] / max(counts[2], 1)),
-          "deleted_recovered": float(counts[4] / counts[3]) if counts[3] else None}
+    copied += len(rows)
+    recovered += int((log_likelihood[rows, copied_to[rows, columns]] > np.log(0.5)).sum())
+    for name, mask in (("deleted", deleted), ("droppable", droppable),
+                       ("vowels", diagnostic.vowel_positions(tokens))):
+      masks[name].append(mask.reshape(-1))
+  figures = position_shares(**{name: np.concatenate(parts) for name, parts in masks.items()})
+  figures["deleted_recovered"] = recovered / copied if copied else None
+  return figures
 
 
 def _row(task: str, recipe: str, target: float, result, wall: float) -> StudyRow:
@@ -231,6 +248,7 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
         row = _row(task, recipe.name, target, result, time.time() - start)
         row.droppable_share = figures.get("droppable_share")
         row.droppable_deleted = figures.get("droppable_deleted")
+        row.deleted_vowels_dropped = figures.get("deleted_vowels_dropped")
         row.deleted_recovered = figures.get("deleted_recovered")
         if task == "span_corruption":
           row.gateless_cross_entropy = gateless
@@ -264,14 +282,16 @@ def markdown_table(rows: Sequence[StudyRow]) -> str:
   """The README table: one line per run."""
   lines = ["| task | recipe | target | eval deletion | soft CE | hard CE | hard accuracy | "
            "hard <= 1.25 soft + 0.02 | deleted the task drops | dropped deleted | "
-           "deleted the target copies: recovered | steps | wall | time above 0.95 |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "deleted vowels the task drops | deleted the target copies: recovered | steps | "
+           "wall | time above 0.95 |",
+           "|" + " --- |" * 15]
   share = lambda value: "-" if value is None else f"{value:.0%}"
   for r in rows:
     lines.append(
         f"| {r.task} | {r.recipe} | {r.target:.2f} | {r.eval_deletion_rate:.3f} | "
         f"{r.soft_cross_entropy:.4f} | {r.hard_cross_entropy:.4f} | {r.hard_accuracy:.3f} | "
         f"{'yes' if r.hard_within_bound else 'no'} | {share(r.droppable_share)} | "
-        f"{share(r.droppable_deleted)} | {share(r.deleted_recovered)} | {r.steps} | "
+        f"{share(r.droppable_deleted)} | {share(r.deleted_vowels_dropped)} | "
+        f"{share(r.deleted_recovered)} | {r.steps} | "
         f"{r.wall_seconds:.0f} s | {r.collapse_share:.0%} |")
   return "\n".join(lines)

@@ -39,10 +39,11 @@ def test_table_and_unknown_task():
       task="vowel_removal", recipe="shipped", target=0.5, steps=10, eval_deletion_rate=0.49,
       soft_cross_entropy=0.1, hard_cross_entropy=0.2, hard_accuracy=0.9, wall_seconds=3.0,
       collapse_share=0.0, final_alpha=0.01, rate_trace=[0.5], droppable_share=0.884,
-      droppable_deleted=0.731, deleted_recovered=0.938)
+      droppable_deleted=0.731, deleted_vowels_dropped=0.884, deleted_recovered=0.938)
   assert not row.hard_within_bound  # 0.2 > 1.25 * 0.1 + 0.02
   table = deletion_control.markdown_table([row])
-  assert ("| vowel_removal | shipped | 0.50 | 0.490 | 0.1000 | 0.2000 | 0.900 | no | 88% | 73% | 94% |"
+  assert ("| vowel_removal | shipped | 0.50 | 0.490 | 0.1000 | 0.2000 | 0.900 | no | 88% | 73% | 88% | "
+          "94% |"
           in table)
   with pytest.raises(ValueError, match="unknown task"):
     deletion_control.run_study(["parsing"], [], [0.5], work_dir="/tmp/unused")
