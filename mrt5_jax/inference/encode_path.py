@@ -11,8 +11,9 @@ the network (a checkpoint's ``model_config.json`` never carries it):
   place), so a full bucket costs what soft deletion costs.
 * ``packed``: stage one as in ``bucketed``; the host plans where every
   row's kept positions go (``mrt5_jax.maths.packing``), and stage two runs on
-  the kept positions of all rows packed densely into rows of the input length
-  (or a half or quarter of it, whichever costs fewer FLOPs), so its cost
+  the kept positions of all rows packed densely into rows of j/n of the input
+  length (``packed_row_lengths`` = n; whichever holds the longest row and costs
+  fewest FLOPs), so its cost
   follows the batch's total kept count instead of its longest row; a batch
   that packs no better than its per-row bucket runs per row (``bucketed``).
   The packed row count is bucketed (``packed_row_buckets`` shapes per batch
@@ -60,12 +61,15 @@ class InferenceConfig:
     length, rounded up to a bucket.
   packed_row_buckets: ``packed`` mode's packed row counts per batch size: the
     count is rounded up to a multiple of ceil(rows / packed_row_buckets).
+  packed_row_lengths: ``packed`` mode's packed row lengths per input length L:
+    ceil(j * L / packed_row_lengths) for j = 1..packed_row_lengths.
   """
   mode: str = "packed"
   bucket_step: int = 0
   min_bucket_length: int = 8
   capacity_fraction: float = 0.5
   packed_row_buckets: int = 16
+  packed_row_lengths: int = 8
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -76,6 +80,8 @@ class InferenceConfig:
       raise ValueError("bucket_step must be >= 0 and min_bucket_length >= 1")
     if self.packed_row_buckets < 1:
       raise ValueError(f"packed_row_buckets must be >= 1, got {self.packed_row_buckets}")
+    if self.packed_row_lengths < 1:
+      raise ValueError(f"packed_row_lengths must be >= 1, got {self.packed_row_lengths}")
 
   def replace(self, **changes) -> "InferenceConfig":
     return dataclasses.replace(self, **changes)
@@ -103,6 +109,16 @@ def bucket_lengths(inference: InferenceConfig, input_length: int) -> tuple[int, 
       length += step
   lengths.append(input_length)
   return tuple(lengths)
+
+
+def packed_row_lengths(inference: InferenceConfig, input_length: int) -> tuple[int, ...]:
+  """``packed`` mode's packed row lengths for inputs of this length, shortest first:
+  ceil(j * L / n) for j = 1..n (n = ``packed_row_lengths``), so a batch size
+  costs at most n x ``packed_row_buckets`` packed shapes."""
+  if input_length < 1:
+    raise ValueError("input_length must be positive")
+  n = inference.packed_row_lengths
+  return tuple(sorted({math.ceil(j * input_length / n) for j in range(1, n + 1)}))
 
 
 def bucket_for(inference: InferenceConfig, input_length: int, kept: int) -> int:
@@ -216,9 +232,10 @@ class EncodePath:
   def packing_plan(self, kept, input_length: int) -> packing.PackingPlan:
     """Where every row's kept positions go (``kept`` (B,) from ``read_gate``).
 
-    Packed rows are the input length L, or L/2 or L/4 where the longest row
-    fits and the layers after the gate cost fewer FLOPs that way (attention
-    runs over a whole packed row, so short rows pack better into short ones).
+    Packed rows are ``packed_row_lengths(inference, L)`` long: of those that
+    hold the longest row, the one whose plan costs fewest FLOPs (attention
+    runs over a whole packed row, so short rows pack better into short ones,
+    and rows just longer than the longest row waste the fewest slots).
     Made from the kept counts of all processes, so every process makes the
     same plan; one group of rows per data-parallel shard (``num_groups``).
     """
@@ -226,7 +243,7 @@ class EncodePath:
     longest = int(np.max(kept)) if kept.size else 1
     plans = [packing.make_plan(kept, row_length, self.num_groups,
                                self.inference.packed_row_buckets)
-             for row_length in (input_length, input_length // 2, input_length // 4)
+             for row_length in packed_row_lengths(self.inference, input_length)
              if row_length >= max(longest, 1)]
     return min(plans, key=self._plan_flops)
 

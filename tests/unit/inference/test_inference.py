@@ -138,3 +138,12 @@ def test_bucket_arithmetic():
   assert capacity_length(InferenceConfig(capacity_fraction=0.3), 100) == 32
   with pytest.raises(ValueError, match="mode must be"):
     InferenceConfig(mode="fast")
+  with pytest.raises(ValueError, match="packed_row_lengths"):
+    InferenceConfig(packed_row_lengths=0)
+
+
+def test_packed_row_lengths_are_eighths_of_the_input_length():
+  from mrt5_jax.inference.encode_path import packed_row_lengths
+  assert packed_row_lengths(InferenceConfig(), 128) == (16, 32, 48, 64, 80, 96, 112, 128)
+  assert packed_row_lengths(InferenceConfig(), 100) == (13, 25, 38, 50, 63, 75, 88, 100)
+  assert packed_row_lengths(InferenceConfig(packed_row_lengths=4), 6) == (2, 3, 5, 6)
