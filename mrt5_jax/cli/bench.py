@@ -2,7 +2,7 @@
 
   mrt5-bench inference [--config cpu|small|base] [--length 1024] [--batch 2]
                        [--rates 0.25,0.5,0.75] [--row_rate_spread 0.1] [--repeats 3]
-                       [--modes pow2,step,packed,capacity] [--no_baselines]
+                       [--modes pow2,step,packed,packed_within,capacity] [--no_baselines]
                        [--dtype float32|bfloat16]
                        [--output results.json]
   mrt5-bench train_step [--config cpu|small|base] [--length 512] [--batch 16] [--rate 0.5]
@@ -102,7 +102,8 @@ def _parser() -> argparse.ArgumentParser:
   inference.add_argument("--row_rate_spread", type=float, default=0.0,
                          help="each row's rate drawn around the batch's (sd, seeded)")
   inference.add_argument("--modes", default=",".join(inference_speed.MODES),
-                         help="hard-deletion modes to compare (pow2, step, packed, capacity)")
+                         help="hard-deletion modes to compare (pow2, step, packed, "
+                              "packed_within: packed rows of at most the input length, capacity)")
   inference.add_argument("--seed", type=int, default=0)
   inference.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                          help="activation dtype (parameters stay float32)")

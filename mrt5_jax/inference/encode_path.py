@@ -12,8 +12,9 @@ the network (a checkpoint's ``model_config.json`` never carries it):
 * ``packed``: stage one as in ``bucketed``; the host plans where every
   row's kept positions go (``mrt5_jax.maths.packing``), and stage two runs on
   the kept positions of all rows packed densely into rows of j/n of the input
-  length (``packed_row_lengths`` = n; whichever holds the longest row and costs
-  fewest FLOPs), so its cost
+  length (``packed_row_lengths`` = n, j up to n x ``packed_row_limit``, so a
+  packed row may hold two rows that keep more than half each; whichever holds
+  the longest row and costs fewest FLOPs), so its cost
   follows the batch's total kept count instead of its longest row; a batch
   that packs no better than its per-row bucket runs per row (``bucketed``).
   The packed row count is bucketed (``packed_row_buckets`` shapes per batch
@@ -62,7 +63,8 @@ class InferenceConfig:
   packed_row_buckets: ``packed`` mode's packed row counts per batch size: the
     count is rounded up to a multiple of ceil(rows / packed_row_buckets).
   packed_row_lengths: ``packed`` mode's packed row lengths per input length L:
-    ceil(j * L / packed_row_lengths) for j = 1..packed_row_lengths.
+    ceil(j * L / packed_row_lengths) for j = 1..packed_row_lengths x packed_row_limit.
+  packed_row_limit: the longest packed row, in input lengths (1: rows of at most L).
   """
   mode: str = "packed"
   bucket_step: int = 0
@@ -70,6 +72,7 @@ class InferenceConfig:
   capacity_fraction: float = 0.5
   packed_row_buckets: int = 16
   packed_row_lengths: int = 8
+  packed_row_limit: float = 2.0
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -82,6 +85,8 @@ class InferenceConfig:
       raise ValueError(f"packed_row_buckets must be >= 1, got {self.packed_row_buckets}")
     if self.packed_row_lengths < 1:
       raise ValueError(f"packed_row_lengths must be >= 1, got {self.packed_row_lengths}")
+    if self.packed_row_limit < 1.0:
+      raise ValueError(f"packed_row_limit must be >= 1 (input lengths), got {self.packed_row_limit}")
 
   def replace(self, **changes) -> "InferenceConfig":
     return dataclasses.replace(self, **changes)
@@ -113,12 +118,14 @@ def bucket_lengths(inference: InferenceConfig, input_length: int) -> tuple[int, 
 
 def packed_row_lengths(inference: InferenceConfig, input_length: int) -> tuple[int, ...]:
   """``packed`` mode's packed row lengths for inputs of this length, shortest first:
-  ceil(j * L / n) for j = 1..n (n = ``packed_row_lengths``), so a batch size
-  costs at most n x ``packed_row_buckets`` packed shapes."""
+  ceil(j * L / n) for j = 1..floor(n * limit) (n = ``packed_row_lengths``, limit =
+  ``packed_row_limit``), so a batch size costs at most n x limit x
+  ``packed_row_buckets`` packed shapes."""
   if input_length < 1:
     raise ValueError("input_length must be positive")
   n = inference.packed_row_lengths
-  return tuple(sorted({math.ceil(j * input_length / n) for j in range(1, n + 1)}))
+  count = max(n, math.floor(n * inference.packed_row_limit + 1e-9))
+  return tuple(sorted({math.ceil(j * input_length / n) for j in range(1, count + 1)}))
 
 
 def bucket_for(inference: InferenceConfig, input_length: int, kept: int) -> int:
@@ -263,7 +270,7 @@ class EncodePath:
                       mode: Optional[str] = None) -> tuple[int, int]:
     """(rows, length) the layers after the gate ran on for kept counts ``kept``
     (B,) and an output of ``compacted_length`` slots: the packed rows of the
-    input length in ``packed`` mode, the batch at that length otherwise."""
+    plan's length in ``packed`` mode, the batch at that length otherwise."""
     if self.resolved_mode(mode) == "packed":
       plan = self.choose_packing(kept, input_length, compacted_length)
       if plan is not None:

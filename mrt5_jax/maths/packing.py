@@ -2,7 +2,8 @@
 
 Per-row compaction (``compaction``) runs every row at the length of the
 batch's longest kept row; packing places whole rows' kept positions side by
-side in packed rows of length ``row_length`` (the input length), so the
+side in packed rows of length ``row_length`` (any length that holds the longest row;
+inference chooses it, ``EncodePath.packing_plan``), so the
 layers after the gate run on about ``sum(kept) / row_length`` rows instead of
 ``batch`` rows. Each packed slot remembers its row and original position:
 attention stays within a (row, segment) and the relative position bias reads

@@ -72,6 +72,9 @@ MODES = {
     "pow2": dict(mode="bucketed", bucket_step=0, min_bucket_length=8),
     "step": dict(mode="bucketed", bucket_step=64, min_bucket_length=64),
     "packed": dict(mode="packed", bucket_step=64, min_bucket_length=64),
+    # packed rows no longer than the input (the default before packed_row_limit)
+    "packed_within": dict(mode="packed", bucket_step=64, min_bucket_length=64,
+                          packed_row_limit=1.0),
     "capacity": dict(mode="capacity", bucket_step=64, min_bucket_length=64),
 }
 DEFAULT_MODE = "packed"

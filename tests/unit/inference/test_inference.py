@@ -140,10 +140,16 @@ def test_bucket_arithmetic():
     InferenceConfig(mode="fast")
   with pytest.raises(ValueError, match="packed_row_lengths"):
     InferenceConfig(packed_row_lengths=0)
+  with pytest.raises(ValueError, match="packed_row_limit"):
+    InferenceConfig(packed_row_limit=0.5)
 
 
 def test_packed_row_lengths_are_eighths_of_the_input_length():
   from mrt5_jax.inference.encode_path import packed_row_lengths
-  assert packed_row_lengths(InferenceConfig(), 128) == (16, 32, 48, 64, 80, 96, 112, 128)
-  assert packed_row_lengths(InferenceConfig(), 100) == (13, 25, 38, 50, 63, 75, 88, 100)
-  assert packed_row_lengths(InferenceConfig(packed_row_lengths=4), 6) == (2, 3, 5, 6)
+  assert packed_row_lengths(InferenceConfig(), 128) == tuple(range(16, 257, 16))
+  within = InferenceConfig(packed_row_limit=1.0)
+  assert packed_row_lengths(within, 128) == (16, 32, 48, 64, 80, 96, 112, 128)
+  assert packed_row_lengths(within, 100) == (13, 25, 38, 50, 63, 75, 88, 100)
+  assert packed_row_lengths(InferenceConfig(packed_row_limit=1.5), 100) == (
+      13, 25, 38, 50, 63, 75, 88, 100, 113, 125, 138, 150)
+  assert packed_row_lengths(within.replace(packed_row_lengths=4), 6) == (2, 3, 5, 6)

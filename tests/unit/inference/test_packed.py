@@ -102,18 +102,24 @@ def test_packed_rows_shorten_when_that_costs_fewer_flops():
   cfg, _, params = gated_model("dense")
   path = EncodePath(InferenceRunner(cfg, params).module, BUCKETS.replace(mode="packed"))
   # d_model 32, d_ff 64, 4 x 8 heads: a layer costs 20480 n + 128 n^2 FLOPs per row of n;
-  # packed rows are 4, 8, ..., 32 long (eighths of 32). Six rows of 6 cost least two to
-  # a row of 12 (3 x 264k), against one to a row of 8 (6 x 172k), three to 20 (2 x 461k)
-  # or five to 32 (2 x 786k)
+  # packed rows are 4, 8, ..., 64 long (eighths of 32, up to twice 32). Six rows of 6 cost
+  # least two to a row of 12 (3 x 264k), against one to a row of 8 (6 x 172k), three to 20
+  # (2 x 461k) or all six in a row of 36 (903k)
   short = path.packing_plan(np.full(6, 6), 32)
   assert (short.row_length, short.packed_rows) == (12, 3)
-  # a row of 20 fits rows of 20 and longer: 20 alone, 5 x 3 in another (2 x 461k)
+  # a row of 20 and five of 3 (35 positions) cost least in one row of 36, longer than the
+  # input (903k), against 20 alone and the rest in a second row of 20 (2 x 461k)
   long = path.packing_plan(np.array([20, 3, 3, 3, 3, 3]), 32)
-  assert (long.row_length, long.packed_rows) == (20, 2)
-  assert path.stage_two_shape(np.array([20, 3, 3, 3, 3, 3]), 32, 20) == (2, 20)
-  # with quarters of the input length (8, 16, 24, 32) the plans are coarser
+  assert (long.row_length, long.packed_rows) == (36, 1)
+  assert path.stage_two_shape(np.array([20, 3, 3, 3, 3, 3]), 32, 20) == (1, 36)
+  # with packed rows of at most the input length (packed_row_limit 1) it is the second
+  within = EncodePath(InferenceRunner(cfg, params).module,
+                      BUCKETS.replace(mode="packed", packed_row_limit=1.0))
+  assert within.packing_plan(np.array([20, 3, 3, 3, 3, 3]), 32).row_length == 20
+  # with quarters of the input length up to the input length (8, 16, 24, 32) the plans are
+  # coarser
   halves = EncodePath(InferenceRunner(cfg, params).module,
-                      BUCKETS.replace(mode="packed", packed_row_lengths=4))
+                      BUCKETS.replace(mode="packed", packed_row_lengths=4, packed_row_limit=1.0))
   assert halves.packing_plan(np.full(6, 6), 32).row_length == 8
   assert halves.packing_plan(np.array([20, 3, 3, 3, 3, 3]), 32).row_length == 24
   # rows that pack no better than their per-row bucket run per row

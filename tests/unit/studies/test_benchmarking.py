@@ -65,9 +65,14 @@ def test_benchmark_runs_end_to_end_on_a_short_input(monkeypatch):
   packed = modes["packed"]
   assert packed["stage_two_rows"] < 8 and packed["compacted_length"] == modes["step"][
       "compacted_length"]
-  # packed rows are eighths of the input length, at least the longest row
-  assert packed["stage_two_length"] % 32 == 0 and longest <= packed["stage_two_length"] <= 256
+  # packed rows are eighths of the input length, at least the longest row, at most twice
+  # the input length (packed_row_limit 2)
+  assert packed["stage_two_length"] % 32 == 0 and longest <= packed["stage_two_length"] <= 512
   assert modes["step"]["stage_two_rows"] == 8
+  # rows within the input length are among the lengths packed chooses from: never fewer FLOPs
+  within = modes["packed_within"]
+  assert longest <= within["stage_two_length"] <= 256
+  assert packed["encoder_ideal_speedup"] >= within["encoder_ideal_speedup"] - 1e-9
   # what ran, by hand: 8 rows through the 3 layers before the gate, the packed rows after it
   by_hand = (8 * 4 * flops.layer_flops(256, config)
              / (8 * 3 * flops.layer_flops(256, config)
