@@ -86,7 +86,8 @@ class InferenceConfig:
     if self.packed_row_lengths < 1:
       raise ValueError(f"packed_row_lengths must be >= 1, got {self.packed_row_lengths}")
     if self.packed_row_limit < 1.0:
-      raise ValueError(f"packed_row_limit must be >= 1 (input lengths), got {self.packed_row_limit}")
+      raise ValueError(
+          f"packed_row_limit must be >= 1 (input lengths), got {self.packed_row_limit}")
 
   def replace(self, **changes) -> "InferenceConfig":
     return dataclasses.replace(self, **changes)
@@ -124,7 +125,7 @@ def packed_row_lengths(inference: InferenceConfig, input_length: int) -> tuple[i
   if input_length < 1:
     raise ValueError("input_length must be positive")
   n = inference.packed_row_lengths
-  count = max(n, math.floor(n * inference.packed_row_limit + 1e-9))
+  count = math.floor(n * inference.packed_row_limit + 1e-9)
   return tuple(sorted({math.ceil(j * input_length / n) for j in range(1, count + 1)}))
 
 
