@@ -52,6 +52,10 @@ class ObjectiveConfig:
   loss_normalizing_factor: one of ``SPECIAL_NORMALIZING_FACTORS``, a positive
     constant, or None (plain sum over target tokens, as t5x).
   score_loss_coeff: weight of the attention-score regularizer (0 = off).
+  score_loss_start: None: that weight applies from the first step; an int:
+    from this many steps after the controller's regularizer delay (0 = when
+    alpha starts), so the task is learned before the regularizer bounds the
+    attention scores (``score_loss_weight``).
   gate_loss: the regularizer L_G that alpha weighs (``GATE_LOSSES``):
     ``gate_mean`` (mean G over real positions), ``clamped_logits_mean`` (mean
     of the gate logits clamped below at twice the threshold), ``logits_mean``,
@@ -90,6 +94,7 @@ class ObjectiveConfig:
   label_smoothing: float = 0.0
   loss_normalizing_factor: Union[str, float, None] = NUM_REAL_TARGET_TOKENS
   score_loss_coeff: float = 0.0
+  score_loss_start: Optional[int] = None
   gate_loss: str = "gate_mean"
   entropy_coeff_1: float = 0.0
   entropy_coeff_2: float = 0.0
@@ -120,9 +125,10 @@ class ObjectiveConfig:
     if not 0.0 < self.hard_delete_train_fraction <= 1.0:
       raise ValueError(f"hard_delete_train_fraction must be in (0, 1], got "
                        f"{self.hard_delete_train_fraction}")
-    start = self.hard_delete_train_start
-    if start is not None and (not isinstance(start, int) or start < 0):
-      raise ValueError(f"hard_delete_train_start must be None or an int >= 0, got {start!r}")
+    for name in ("hard_delete_train_start", "score_loss_start"):
+      start = getattr(self, name)
+      if start is not None and (not isinstance(start, int) or start < 0):
+        raise ValueError(f"{name} must be None or an int >= 0, got {start!r}")
     if not 0.0 <= self.hard_delete_train_packed_rows <= 1.0:
       raise ValueError(f"hard_delete_train_packed_rows must be in [0, 1], got "
                        f"{self.hard_delete_train_packed_rows}")
@@ -300,6 +306,18 @@ def hard_delete_probability(objective: ObjectiveConfig, step: jax.Array,
   return prob * share
 
 
+def score_loss_weight(objective: ObjectiveConfig, step: jax.Array,
+                      regularizer_delay: int) -> jax.Array:
+  """The weight of the attention-score regularizer at controller ``step``:
+  ``score_loss_coeff``, or 0 before step ``regularizer_delay + score_loss_start``
+  when that is set. float32 scalar."""
+  coeff = jnp.float32(objective.score_loss_coeff)
+  if objective.score_loss_start is None:
+    return coeff
+  begin = regularizer_delay + objective.score_loss_start
+  return jnp.where(jnp.asarray(step) >= begin, coeff, jnp.float32(0.0))
+
+
 def _hard_delete_coin(objective: ObjectiveConfig, controller: controller_lib.ControllerConfig,
                       controller_state, rngs, enable_dropout: bool, deletion: str,
                       module) -> Optional[jax.Array]:
@@ -466,8 +484,10 @@ def compute_loss(module: Any, params: Any, controller_state: Mapping[str, jax.Ar
   gate_loss, entropy_penalty = terms["gate_loss"], terms["entropy_penalty"]
   boundary_loss = terms["boundary_loss"]
   sums = shortening.metric_sums(out["gate"], real)
+  score_weight = score_loss_weight(objective, controller_state["step"],
+                                   controller.regularizer_delay)
   loss = (ce_loss + alpha * gate_loss + entropy_penalty + boundary_loss
-          + objective.score_loss_coeff * score_penalty / num_microbatches)
+          + score_weight * score_penalty / num_microbatches)
 
   targets = batch["decoder_target_tokens"]
   correct = (jnp.argmax(logits, axis=-1) == targets) & (targets > 0)

@@ -284,6 +284,33 @@ def test_hard_delete_batches_wait_for_their_start_step(tiny_model):
   assert [hard_batches(s) for s in (0, 14, 15, 40)] == [0.0, 0.0, 1.0, 1.0]
 
 
+def test_score_regularizer_waits_for_its_start_step(tiny_model):
+  """With ``score_loss_start`` = 5 and a delay of 10 the loss carries no score term
+  before step 15 and 0.5 x the penalty from there; without the regularizer the same
+  loss at every step."""
+  module, variables = tiny_model
+  batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
+  sharpen = lambda path, leaf: leaf * 30.0 if "query" in jax.tree_util.keystr(path) else leaf
+  params = jax.tree_util.tree_map_with_path(sharpen, variables["params"])  # scores above 5
+  cc = ctl.ControllerConfig(regularizer_delay=10, initial_alpha=0.3)
+  late = obj.ObjectiveConfig(score_loss_coeff=0.5, score_loss_start=5)
+  off = obj.ObjectiveConfig()
+
+  def loss(objective, step):
+    state = {**ctl.init_state(cc), "step": jnp.int32(step)}
+    value, sums = obj.compute_loss(module, params, state, batch, None,
+                                   objective=objective, controller=cc, enable_dropout=False)
+    return float(value), float(sums["score_penalty"])
+
+  for step in (0, 14, 15, 40):
+    (with_term, penalty), (without, _) = loss(late, step), loss(off, step)
+    assert penalty > 0
+    expected = without if step < 15 else without + 0.5 * penalty
+    assert with_term == pytest.approx(expected, rel=1e-6), step
+    assert float(obj.score_loss_weight(late, jnp.int32(step), 10)) == (0.0 if step < 15 else 0.5)
+  assert float(obj.score_loss_weight(obj.ObjectiveConfig(score_loss_coeff=0.5), 0, 10)) == 0.5
+
+
 def test_a_gate_frozen_until_the_delay_gets_no_gradient_and_nothing_else_changes(tiny_model):
   module, variables = tiny_model
   batch = {k: jnp.asarray(v) for k, v in make_batch(seed=3).items()}
@@ -318,6 +345,8 @@ def test_a_gate_frozen_until_the_delay_gets_no_gradient_and_nothing_else_changes
 def test_hard_delete_schedule_settings_are_checked():
   with pytest.raises(ValueError, match="hard_delete_train_start"):
     obj.ObjectiveConfig(hard_delete_train_start=-1)
+  with pytest.raises(ValueError, match="score_loss_start"):
+    obj.ObjectiveConfig(score_loss_start=-1)
   with pytest.raises(ValueError, match="hard_delete_train_ramp"):
     obj.ObjectiveConfig(hard_delete_train_ramp=-5)
 
