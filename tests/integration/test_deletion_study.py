@@ -7,7 +7,9 @@ from mrt5_jax.studies import deletion_control
 
 
 # The paper's diagnostic as issue 21 states it: 32-byte inputs (vowels are about 18% of
-# the bytes), target 0.15, the task learned before the regularizer starts.
+# the bytes), target 0.15, the task learned before the regularizer starts; 2,000 steps,
+# since the attention-score regularizer of runs/local.gin slows the learning of the task.
+VOWEL_STEPS = 2000
 VOWEL_DIAGNOSTIC = ["SEQUENCE_LENGTH = 32", "LEARNING_RATE = 2e-3",
                     "ControllerConfig.regularizer_delay = 700", "train.log_every = 50"]
 
@@ -15,21 +17,22 @@ VOWEL_DIAGNOSTIC = ["SEQUENCE_LENGTH = 32", "LEARNING_RATE = 2e-3",
 @pytest.mark.slow
 def test_shipped_recipe_holds_the_target_and_its_gate_deletes_the_vowels(tmp_path):
   """Vowel removal from scratch, target 0.15, the shipped recipe (runs/local.gin with the
-  diagnostic's bindings, 1,500 steps): eval deletion within +-0.05, hard CE <= 1.25 x
+  diagnostic's bindings, 2,000 steps): eval deletion within +-0.05, hard CE <= 1.25 x
   soft CE + 0.02, no collapse (issue 9's bounds), and the gate deletes what the task
   drops: >= 80% of the deleted positions are vowels and >= half of the vowels go (issue
-  21's bounds). docs/deletion_control.md has seeds 0-4: the recipe meets these bounds on
-  all five since its gate waits for the regularizer delay (the recipe before missed the
-  vowel ones on seed 3, 74% / 49%)."""
+  21's bounds). docs/deletion_control.md has seeds 0-4: the recipe with the
+  attention-score regularizer (beta 0.5) meets these bounds on all five in 2,000 steps
+  (in 1,500 seed 3 has not yet reached the target: 0.088 deleted), and so does it on
+  contextual vowel removal's claim, where the recipe without it failed on most seeds."""
   (row,) = deletion_control.run_study(
       ["vowel_removal"], [deletion_control.RECIPES["shipped"]], [0.15], work_dir=str(tmp_path),
-      steps=1500, extra_bindings=VOWEL_DIAGNOSTIC, droppable_batches=2, log=print)
+      steps=VOWEL_STEPS, extra_bindings=VOWEL_DIAGNOSTIC, droppable_batches=2, log=print)
   assert abs(row.eval_deletion_rate - 0.15) <= 0.05, row
   assert row.hard_cross_entropy <= 1.25 * row.soft_cross_entropy + 0.02, row
   assert row.hard_within_bound
   assert row.collapse_share <= 0.1, row
   assert row.hard_accuracy > 0.9, row
-  assert len(row.rate_trace) == 30
+  assert len(row.rate_trace) == VOWEL_STEPS // 50
   assert row.droppable_share >= 0.8, row
   assert row.droppable_deleted >= 0.5, row
 

@@ -215,6 +215,7 @@ def test_deletion_recipes_shipped_and_published():
   assert (shipped[1].hard_delete_train_start, shipped[1].hard_delete_train_ramp) == (200, 300)
   assert shipped[1].freeze_gate_before_delay  # the gate waits for the regularizer delay
   assert config_lib.MrT5Config().shortening.gate_bias_init == 4.0  # a fresh gate keeps
+  assert shipped[1].score_loss_coeff == 0.5  # trained from scratch: the published beta
   gin.clear_config()
   gin_files.parse(["runs/local.gin", "runs/deletion_published.gin"])
   published = ctl.ControllerConfig(), obj.ObjectiveConfig()
@@ -227,6 +228,9 @@ def test_deletion_recipes_shipped_and_published():
   gin_files.parse(["runs/mrt5_small_continued_pretraining.gin"],
                   ["MODEL_DIR = '/tmp/x'", "INIT_CHECKPOINT = '/tmp/c'"])
   assert ctl.ControllerConfig().kind == "pi"  # the paper's exact recipe
+  gin.clear_config()
+  gin_files.parse(["runs/byt5_to_mrt5.gin"])
+  assert obj.ObjectiveConfig().score_loss_coeff == 0.0  # continued from ByT5: no beta
 
 
 def _value(name):
