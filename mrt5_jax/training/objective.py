@@ -55,7 +55,8 @@ class ObjectiveConfig:
   score_loss_start: None: that weight applies from the first step; an int:
     from this many steps after the controller's regularizer delay (0 = when
     alpha starts), so the task is learned before the regularizer bounds the
-    attention scores (``score_loss_weight``).
+    attention scores (``score_loss_weight``; on the diagnostics this measured
+    worse than from the first step: docs/deletion_control.md).
   gate_loss: the regularizer L_G that alpha weighs (``GATE_LOSSES``):
     ``gate_mean`` (mean G over real positions), ``clamped_logits_mean`` (mean
     of the gate logits clamped below at twice the threshold), ``logits_mean``,
