@@ -15,9 +15,11 @@ Tasks:
   span_corruption: the paper's path in small: a ByT5-tiny (no gate) is first
     trained on the shipped sample corpus, then continued as MrT5 (fresh gate)
     and, for the CE penalty, continued as ByT5 for the same steps.
-Recipes are gin files (``runs/deletion_control.gin`` is the shipped one,
-``runs/deletion_published.gin`` the published code's settings) or extra
-bindings.
+Recipes are gin files parsed after the run file (``shipped`` adds none: the run
+file's recipe, ``runs/deletion_control.gin`` with the settings ``runs/local.gin``
+adds for training from scratch; ``runs/deletion_published.gin`` the published
+code's settings) or extra bindings; the ablations re-parse
+``runs/deletion_control.gin``, so they run with its gains.
 """
 from __future__ import annotations
 
@@ -76,7 +78,9 @@ RECIPES = {
                                _PREVIOUS_DEMO + ("ObjectiveConfig.hard_delete_train_prob = 0.5",)),
     "controller_only": Recipe("controller_only", ("runs/deletion_control.gin",),
                               ("ObjectiveConfig.hard_delete_train_prob = 0.0",)),
-    "shipped": Recipe("shipped", ("runs/deletion_control.gin",)),
+    # the run file as it ships: runs/deletion_control.gin and the run file's own settings
+    # for training from scratch (beta, the proportional gain)
+    "shipped": Recipe("shipped"),
     # the shipped recipe until issue 21, and that recipe with hard-deletion batches from
     # 200 steps after the regularizer delay, ramped in over 300 (the rows measured then)
     "previous_shipped": Recipe("previous_shipped", ("runs/deletion_control.gin",),

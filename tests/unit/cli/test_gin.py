@@ -216,6 +216,7 @@ def test_deletion_recipes_shipped_and_published():
   assert shipped[1].freeze_gate_before_delay  # the gate waits for the regularizer delay
   assert config_lib.MrT5Config().shortening.gate_bias_init == 4.0  # a fresh gate keeps
   assert shipped[1].score_loss_coeff == 0.5  # trained from scratch: the published beta
+  assert (shipped[0].k_p, shipped[0].k_i) == (1.0, 0.001)  # from scratch: the larger k_p
   gin.clear_config()
   gin_files.parse(["runs/local.gin", "runs/deletion_published.gin"])
   published = ctl.ControllerConfig(), obj.ObjectiveConfig()
@@ -231,6 +232,7 @@ def test_deletion_recipes_shipped_and_published():
   gin.clear_config()
   gin_files.parse(["runs/byt5_to_mrt5.gin"])
   assert obj.ObjectiveConfig().score_loss_coeff == 0.0  # continued from ByT5: no beta
+  assert ctl.ControllerConfig().k_p == 0.2  # and the shared fragment's gain
 
 
 def _value(name):

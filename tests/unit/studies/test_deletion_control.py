@@ -1,7 +1,11 @@
-"""The deletion study's position counts, checked on a hand-read example."""
+"""The deletion study's position counts, checked on a hand-read example; its recipes."""
+import gin
 import numpy as np
 
+from mrt5_jax.jobs import gin_files
+from mrt5_jax.maths import controller as ctl
 from mrt5_jax.studies import deletion_control
+from mrt5_jax.training import objective as obj
 from mrt5_jax.tasks import diagnostic
 
 
@@ -32,3 +36,19 @@ def test_a_gate_that_deletes_no_vowel_has_no_vowel_share():
                                             diagnostic.vowel_positions(tokens))
   assert shares == {"droppable_share": 0.0, "droppable_deleted": 0.0,
                     "deleted_vowels_dropped": None}
+
+
+def test_the_shipped_recipe_is_the_run_files_own():
+  """The study parses a recipe's files after ``runs/local.gin``; ``shipped`` must keep
+  the run file's settings for training from scratch (beta 0.5, k_p 1.0), which a re-parse
+  of ``runs/deletion_control.gin`` would reset, while the ablations take that file's."""
+  for name, k_p in (("shipped", 1.0), ("controller_only", 0.2)):
+    recipe = deletion_control.RECIPES[name]
+    gin.clear_config()
+    try:
+      gin_files.parse(["runs/local.gin", *recipe.gin_files], list(recipe.bindings),
+                      skip_unknown=deletion_control.OTHER_JOBS)
+      assert ctl.ControllerConfig().k_p == k_p, name
+      assert obj.ObjectiveConfig().score_loss_coeff == 0.5, name
+    finally:
+      gin.clear_config()
