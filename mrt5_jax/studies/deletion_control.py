@@ -123,16 +123,25 @@ class StudyRow:
     return self.hard_cross_entropy <= 1.25 * self.soft_cross_entropy + 0.02
 
 
-# The run file also binds the other jobs' entry points; a study only trains.
+# Every study run trains from this run file; it also binds the other jobs' entry points,
+# and a study only trains.
+RUN_FILE = "runs/local.gin"
 OTHER_JOBS = ("evaluate", "inspect_deletion")
 
 
-def _train(run_file: str, gin_files: Sequence[str], bindings: Sequence[str],
-           measure: Optional[Callable[[Any, data_lib.DatasetConfig], dict]] = None):
-  """Train with the parsed files; ``measure(result, eval dataset)`` runs after, on the
-  same configuration. Returns (the train result, what ``measure`` returned)."""
+def parse_recipe(recipe: Recipe, bindings: Sequence[str] = ()) -> None:
+  """Parse what a study run trains with: the run file, then the recipe's files, the
+  recipe's bindings and ``bindings`` (gin's state is cleared first)."""
   gin.clear_config()
-  gin_files_lib.parse([run_file, *gin_files], list(bindings), skip_unknown=OTHER_JOBS)
+  gin_files_lib.parse([RUN_FILE, *recipe.gin_files], [*recipe.bindings, *bindings],
+                      skip_unknown=OTHER_JOBS)
+
+
+def _train(recipe: Recipe, bindings: Sequence[str],
+           measure: Optional[Callable[[Any, data_lib.DatasetConfig], dict]] = None):
+  """Train with the parsed recipe; ``measure(result, eval dataset)`` runs after, on the
+  same configuration. Returns (the train result, what ``measure`` returned)."""
+  parse_recipe(recipe, bindings)
   try:
     result = train_job.train()
     if measure is None:
@@ -225,7 +234,6 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
   (the diagnostic tasks' droppable-position figures read on ``droppable_batches``
   eval batches)."""
   rows = []
-  run_file = "runs/local.gin"
   for task in tasks:
     if task not in TASKS:
       raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
@@ -242,13 +250,13 @@ def run_study(tasks: Sequence[str], recipes: Sequence[Recipe], targets: Sequence
         name = f"{task}-{recipe.name}-{target:g}"
         model_dir = os.path.join(work_dir, name)
         bindings = [*base, f"MODEL_DIR = '{model_dir}'", f"TARGET_DELETION_RATE = {target}",
-                    "train.tensorboard = False", *recipe.bindings, *extra_bindings]
+                    "train.tensorboard = False", *extra_bindings]
         start = time.time()
         measure = None
         if task != "span_corruption":
           measure = lambda result, dataset, task=task: droppable_figures(
               task, result.model_dir, dataset, droppable_batches)
-        result, figures = _train(run_file, recipe.gin_files, bindings, measure)
+        result, figures = _train(recipe, bindings, measure)
         row = _row(task, recipe.name, target, result, time.time() - start)
         row.droppable_share = figures.get("droppable_share")
         row.droppable_deleted = figures.get("droppable_deleted")
@@ -267,13 +275,13 @@ def _span_corruption_baselines(work_dir: str, pretrain_steps: int, continue_step
   returns (the pre-trained model dir, the continued ByT5's eval CE)."""
   no_gate = ["MrT5Config.deletion_type = 'none'", "train.tensorboard = False"]
   pretrained = os.path.join(work_dir, "span_corruption-byt5-pretrained")
-  result, _ = _train("runs/local.gin", (), [
+  result, _ = _train(RECIPES["shipped"], [
       *span_corruption_bindings(work_dir, pretrain_steps), f"MODEL_DIR = '{pretrained}'",
       *no_gate, *extra_bindings])
   log(f"ByT5-tiny pre-trained {result.step} steps: eval CE "
       f"{result.eval_metrics['soft']['cross_entropy_per_token']:.4f}")
   continued = os.path.join(work_dir, "span_corruption-byt5-continued")
-  result, _ = _train("runs/local.gin", (), [
+  result, _ = _train(RECIPES["shipped"], [
       *span_corruption_bindings(work_dir, continue_steps), f"MODEL_DIR = '{continued}'",
       f"train.init_checkpoint = '{pretrained}'", "train.reinit_gate = False", *no_gate,
       *extra_bindings])

@@ -2,11 +2,10 @@
 import gin
 import numpy as np
 
-from mrt5_jax.jobs import gin_files
 from mrt5_jax.maths import controller as ctl
 from mrt5_jax.studies import deletion_control
-from mrt5_jax.training import objective as obj
 from mrt5_jax.tasks import diagnostic
+from mrt5_jax.training import objective as obj
 
 
 def _tokens(text: str) -> np.ndarray:
@@ -43,11 +42,9 @@ def test_the_shipped_recipe_is_the_run_files_own():
   the run file's settings for training from scratch (beta 0.5, k_p 1.0), which a re-parse
   of ``runs/deletion_control.gin`` would reset, while the ablations take that file's."""
   for name, k_p in (("shipped", 1.0), ("controller_only", 0.2)):
-    recipe = deletion_control.RECIPES[name]
-    gin.clear_config()
     try:
-      gin_files.parse(["runs/local.gin", *recipe.gin_files], list(recipe.bindings),
-                      skip_unknown=deletion_control.OTHER_JOBS)
+      deletion_control.parse_recipe(deletion_control.RECIPES[name])
+      assert obj.ObjectiveConfig().hard_delete_train_prob == (0.5 if name == "shipped" else 0.0)
       assert ctl.ControllerConfig().k_p == k_p, name
       assert obj.ObjectiveConfig().score_loss_coeff == 0.5, name
     finally:
